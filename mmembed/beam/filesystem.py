@@ -1,0 +1,71 @@
+"""File access through Beam's FileSystems, so local paths, gs:// and s3:// all work the same."""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Callable
+from typing import IO
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from mmembed.shards import check_unique_names, expand_braces
+
+_GLOB_CHARS = set("*?[")
+
+
+def list_shards(patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """Expand brace patterns and globs into shard URLs, sorted within each pattern.
+
+    A glob that matches nothing is an error; a plain path is kept even if missing, so the job
+    records it as a failed shard instead of forgetting it.
+    """
+    urls: dict[str, None] = {}
+    for pattern in expand_braces(list(patterns)):
+        if _GLOB_CHARS & set(pattern):
+            matched = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+            if not matched:
+                raise FileNotFoundError(f"shard pattern {pattern!r} matched no files; check the path and quoting")
+            for url in matched:
+                urls.setdefault(url, None)
+        else:
+            urls.setdefault(pattern, None)
+    result = list(urls)
+    check_unique_names(result)
+    return result
+
+
+def open_read(url: str) -> IO[bytes]:
+    """A raw byte stream; compression is left to the reader (tarfile detects gzip itself)."""
+    return FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def exists(url: str) -> bool:
+    return FileSystems.exists(url)
+
+
+def make_dirs(url: str) -> None:
+    """Create a local directory (object stores need none)."""
+    if FileSystems.get_scheme(url) is None and not FileSystems.exists(url):
+        FileSystems.mkdirs(url)
+
+
+def write_atomic(url: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write to a hidden temporary name beside ``url``, then rename, so readers never see a partial file."""
+    directory, name = posixpath.split(url)
+    make_dirs(directory)
+    tmp = posixpath.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            write(f)
+        FileSystems.rename([tmp], [url])
+    except BaseException:
+        if FileSystems.exists(tmp):
+            FileSystems.delete([tmp])
+        raise
+
+
+def read_bytes(url: str) -> bytes:
+    with open_read(url) as f:
+        return f.read()

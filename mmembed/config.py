@@ -1,0 +1,114 @@
+"""Frozen dataclass configs for every stage, so options travel as one value, not as loose kwargs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MODEL = "mmembed-tiny"
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+OUTPUT_DTYPES = ("float32", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which OpenCLIP model to run and how.
+
+    model: an open_clip model name (``ViT-B-32``), a name registered from ``mmembed/encoders/configs``
+    (``mmembed-tiny``), or ``local-dir:/path`` holding ``open_clip_config.json`` and weights.
+    pretrained: an open_clip pretrained tag (needs a download or a warm cache).
+    checkpoint: a local checkpoint file (state dict) for ``model``.
+    With neither, weights are random, initialised from ``seed`` (tests and the offline demo).
+    """
+
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pretrained and self.checkpoint:
+            raise ConfigError("give either --pretrained TAG or --checkpoint FILE, not both")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {DEVICES}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise ConfigError(
+                f"checkpoint {self.checkpoint!r} is not a file; pass the path of an open_clip "
+                "checkpoint (.pt/.bin/.safetensors)"
+            )
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How tar members become a sample: which extensions hold the image, caption and metadata."""
+
+    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+    caption_key: str = "txt"
+    metadata_key: str = "json"
+    max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels < 1:
+            raise ConfigError("max_image_pixels must be >= 1")
+        if not self.image_extensions:
+            raise ConfigError("image_extensions must name at least one extension")
+
+
+@dataclass(frozen=True)
+class EmbedJobConfig:
+    """Everything the embed job needs: inputs, outputs and the two stage configs."""
+
+    shards: tuple[str, ...]
+    out: str
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    output_dtype: str = "float32"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ConfigError("no input shards given; pass --shards 'data/shards/*.tar'")
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise ConfigError(f"output dtype {self.output_dtype!r} is not one of {OUTPUT_DTYPES}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbedJobConfig:
+        """Build from a plain mapping (a parsed YAML job file); unknown keys are an error."""
+        data = dict(data)
+        encoder = _build(EncoderConfig, data.pop("encoder", {}) or {}, "encoder")
+        decode_data = dict(data.pop("decode", {}) or {})
+        if "image_extensions" in decode_data:
+            decode_data["image_extensions"] = tuple(decode_data["image_extensions"])
+        decode = _build(DecodeConfig, decode_data, "decode")
+        shards = data.pop("shards", ())
+        shards = (shards,) if isinstance(shards, str) else tuple(shards)
+        return _build(cls, {**data, "shards": shards, "encoder": encoder, "decode": decode}, "job")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> EmbedJobConfig:
+        """Read a YAML job file (see ``jobs/``)."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(yaml.safe_load(f) or {})
+
+
+def _build(cls: type, data: dict[str, Any], section: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {section} config; known keys: {sorted(known)}")
+    return cls(**data)

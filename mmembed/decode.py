@@ -1,0 +1,134 @@
+"""Raw member bytes -> RGB image, caption and metadata, with a precise reason when one fails."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmembed.config import DecodeConfig
+from mmembed.records import STAGE_DECODE, DecodedSample, RawSample, SampleError
+
+
+class DecodeError(ValueError):
+    """One member could not be decoded; ``code`` and the message are recorded in errors/."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode JPEG/PNG/WebP/... bytes to an upright RGB image, refusing images over ``max_pixels``.
+
+    The pixel count is checked from the header before any pixel data is decoded, so a
+    decompression bomb costs nothing. EXIF orientation is applied; palette, alpha, CMYK,
+    grayscale and 16-bit images become 8-bit RGB (alpha composited on white).
+    """
+    if not data:
+        raise DecodeError("empty_image", "image member is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    "image_too_large",
+                    f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+                    "(decompression-bomb guard); fix: downscale it, or raise --max-image-pixels if it is genuine"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("bad_image", f"not a decodable image (unrecognised format, starts with {data[:8]!r})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError("image_too_large", f"decompression-bomb guard: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError("bad_image", f"not a decodable image ({exc})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white rather than dropped to black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")
+    return image.convert("RGB")
+
+
+def decode_caption(data: bytes) -> str:
+    """UTF-8 caption text, surrounding whitespace stripped; invalid UTF-8 is an error, never mangled."""
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(
+            "bad_caption_encoding",
+            f"caption is not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 4]!r}); "
+            "fix: re-encode the caption file as UTF-8"
+        ) from None
+
+
+def decode_metadata(data: bytes) -> dict[str, Any]:
+    """A JSON object; anything else (bad syntax, a list, a number) is an error."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError("bad_metadata", f"metadata is not valid JSON ({exc}); fix: write one JSON object per sample") from None
+    if not isinstance(value, dict):
+        raise DecodeError("bad_metadata", f"metadata is JSON {type(value).__name__}, not an object; fix: write a JSON object")
+    return value
+
+
+def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | SampleError:
+    """Decode one raw sample; the first member that fails names the error."""
+    image_ext = next(ext for ext in config.image_extensions if ext in raw.members)
+    image_member = f"{raw.key}.{image_ext}"
+    if config.caption_key not in raw.members:
+        return _error(
+            raw,
+            f"{raw.key}.{config.caption_key}",
+            "no_caption",
+            f"sample has no caption member (.{config.caption_key}); fix: add one, or set the caption key",
+        )
+    stage_member = image_member
+    try:
+        image_bytes = raw.members[image_ext]
+        image = decode_image(image_bytes, config.max_image_pixels)
+        stage_member = f"{raw.key}.{config.caption_key}"
+        caption = decode_caption(raw.members[config.caption_key])
+        metadata = None
+        if config.metadata_key in raw.members:
+            stage_member = f"{raw.key}.{config.metadata_key}"
+            metadata = decode_metadata(raw.members[config.metadata_key])
+    except DecodeError as exc:
+        return _error(raw, stage_member, exc.code, str(exc))
+    return DecodedSample(
+        shard=raw.shard,
+        key=raw.key,
+        offset=raw.member_offsets[image_ext],
+        image_member=image_member,
+        image=image,
+        caption=caption,
+        metadata=metadata,
+        width=image.width,
+        height=image.height,
+        sha256=hashlib.sha256(image_bytes).hexdigest(),
+    )
+
+
+def _error(raw: RawSample, member: str, code: str, reason: str) -> SampleError:
+    return SampleError(raw.shard, raw.key, member, STAGE_DECODE, code, f"shard {raw.shard}: member {member}: {reason}")

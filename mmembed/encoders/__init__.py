@@ -1,0 +1,1 @@
+"""Image and text encoders that map into one shared embedding space (OpenCLIP)."""

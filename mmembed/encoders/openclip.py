@@ -1,0 +1,234 @@
+"""OpenCLIP models: resolve a model spec, load it on a device, and embed images and captions.
+
+Everything here is plain torch/numpy, so the Beam model handler, the search CLI and the
+benchmarks share one loading and embedding path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.transform import MaybeToTensor, PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from open_clip.utils import to_2tuple
+from PIL import Image
+
+from mmembed.config import ConfigError, EncoderConfig
+
+log = logging.getLogger(__name__)
+
+BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"
+LOCAL_DIR_PREFIX = "local-dir:"
+
+
+@cache
+def register_bundled_configs() -> None:
+    """Make the small configs shipped with mmembed (e.g. ``mmembed-tiny``) known to open_clip by name."""
+    open_clip.add_model_config(BUNDLED_CONFIG_DIR)
+
+
+def _local_dir_config(model: str) -> dict[str, Any]:
+    path = Path(model[len(LOCAL_DIR_PREFIX) :]) / "open_clip_config.json"
+    if not path.is_file():
+        raise ConfigError(f"model {model!r}: {path} not found; a local model dir needs open_clip_config.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def model_config(config: EncoderConfig) -> dict[str, Any]:
+    """The open_clip model config (embed_dim, vision_cfg, text_cfg) without building the model."""
+    if config.model.startswith(LOCAL_DIR_PREFIX):
+        return _local_dir_config(config.model)["model_cfg"]
+    register_bundled_configs()
+    found = open_clip.get_model_config(config.model)
+    if found is None:
+        raise ConfigError(
+            f"unknown model {config.model!r}; use an open_clip name (see `mmembed models`), "
+            "a bundled one such as mmembed-tiny, or local-dir:/path/with/open_clip_config.json"
+        )
+    return found
+
+
+def embedding_dim(config: EncoderConfig) -> int:
+    return int(model_config(config)["embed_dim"])
+
+
+def resolve_preprocess_cfg(config: EncoderConfig) -> dict[str, Any]:
+    """The image preprocessing open_clip will use for this model, resolved without loading weights.
+
+    Mirrors ``open_clip.create_model``: defaults, then the pretrained tag's or local dir's settings,
+    then the vision tower's image size. ``OpenClipEncoder.load`` checks the loaded model agrees.
+    """
+    cfg = asdict(PreprocessCfg())
+    if config.model.startswith(LOCAL_DIR_PREFIX):
+        cfg = merge_preprocess_dict(cfg, _local_dir_config(config.model).get("preprocess_cfg", {}))
+    elif config.pretrained:
+        tag_cfg = open_clip.get_pretrained_cfg(config.model, config.pretrained)
+        if not tag_cfg:
+            tags = open_clip.list_pretrained_tags_by_model(config.model)
+            raise ConfigError(f"model {config.model!r} has no pretrained tag {config.pretrained!r}; known tags: {tags}")
+        cfg = merge_preprocess_dict(cfg, tag_cfg)
+    cfg["size"] = list(to_2tuple(model_config(config)["vision_cfg"].get("image_size", cfg["size"])))
+    return _normalise_cfg(cfg)
+
+
+def _normalise_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """JSON-friendly form (tuples -> lists) so configs compare equal after a round trip."""
+    return json.loads(json.dumps(cfg))
+
+
+class ImagePreprocessor:
+    """open_clip's eval transform split in two: geometry on CPU workers, normalisation on the device.
+
+    ``to_pixels`` runs the resize / crop part and returns compact uint8 HxWx3 arrays; ``normalise``
+    does open_clip's ToTensor + Normalize on a batch. Together they equal open_clip's transform.
+    """
+
+    def __init__(self, preprocess_cfg: dict[str, Any]) -> None:
+        self.cfg = preprocess_cfg
+        transform = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
+        steps = list(transform.transforms)
+        cut = next(i for i, step in enumerate(steps) if isinstance(step, MaybeToTensor))
+        self.geometry = steps[:cut]
+        self.mean = tuple(float(v) for v in steps[-1].mean)
+        self.std = tuple(float(v) for v in steps[-1].std)
+
+    def to_pixels(self, image: Image.Image) -> np.ndarray:
+        for step in self.geometry:
+            image = step(image)
+        return np.array(image, dtype=np.uint8)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 N x H x W x 3 -> normalised float N x 3 x H x W, on the tensor's device."""
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+class CaptionTokenizer:
+    """The model's own open_clip tokenizer, returning int64 numpy token arrays."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        register_bundled_configs()
+        self.tokenizer = open_clip.get_tokenizer(config.model)
+
+    def __call__(self, captions: list[str]) -> np.ndarray:
+        return self.tokenizer(captions).numpy().astype(np.int64)
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> cuda when present else cpu; 'cuda' without CUDA is an error, never a silent CPU run."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "--device cuda was requested but CUDA is not available (torch "
+            f"{torch.__version__}, cuda build {torch.version.cuda}); fix: run on a GPU machine, or pass --device cpu"
+        )
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for a precision setting; None means plain fp32."""
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+@cache
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(config: EncoderConfig) -> dict[str, Any]:
+    """What produced an embedding: enough to refuse mixing models and to reload the same encoder."""
+    weights = "random-init"
+    if config.pretrained:
+        weights = f"pretrained:{config.pretrained}"
+    elif config.checkpoint:
+        weights = f"checkpoint-sha256:{file_sha256(config.checkpoint)}"
+    elif config.model.startswith(LOCAL_DIR_PREFIX):
+        weights = "local-dir"
+    return {
+        "model": config.model,
+        "pretrained": config.pretrained,
+        "checkpoint": config.checkpoint,
+        "checkpoint_sha256": file_sha256(config.checkpoint) if config.checkpoint else None,
+        "weights": weights,
+        "init_seed": config.seed if weights == "random-init" else None,
+        "dim": embedding_dim(config),
+        "preprocessing": resolve_preprocess_cfg(config),
+    }
+
+
+class OpenClipEncoder:
+    """A loaded OpenCLIP model that embeds uint8 pixels and token ids into L2-normalised vectors."""
+
+    def __init__(self, model: torch.nn.Module, preprocessor: ImagePreprocessor, device: str, dtype: torch.dtype | None):
+        self.model = model
+        self.preprocessor = preprocessor
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def load(cls, config: EncoderConfig) -> OpenClipEncoder:
+        """Build the model and load its weights (tag, checkpoint file or local dir) on the device."""
+        device = resolve_device(config.device)
+        register_bundled_configs()
+        torch.manual_seed(config.seed)  # random-init models are reproducible across workers
+        weights = config.pretrained or config.checkpoint
+        model = open_clip.create_model(config.model, pretrained=weights, device=device)
+        model.eval()
+        expected = resolve_preprocess_cfg(config)
+        actual = _normalise_cfg(open_clip.get_model_preprocess_cfg(model))
+        if actual != expected:
+            raise RuntimeError(f"model {config.model}: preprocessing {actual} differs from the resolved {expected}")
+        dtype = autocast_dtype(config.precision, device)
+        log.info("loaded %s (%s) on %s, autocast=%s", config.model, weights or "random init", device, dtype)
+        return cls(model, ImagePreprocessor(expected), device, dtype)
+
+    def _autocast(self):
+        enabled = self.dtype is not None
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(device_type, dtype=self.dtype or torch.float32, enabled=enabled)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 N x H x W x 3 -> float32 N x dim, L2-normalised."""
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        with self._autocast():
+            features = self.model.encode_image(self.preprocessor.normalise(batch))
+        return _l2_normalise(features)
+
+    @torch.inference_mode()
+    def embed_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """int64 N x context_length -> float32 N x dim, L2-normalised."""
+        batch = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device, non_blocking=True)
+        with self._autocast():
+            features = self.model.encode_text(batch)
+        return _l2_normalise(features)
+
+    def embed(self, pixels: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both towers on one batch of samples: (image embeddings, text embeddings)."""
+        return self.embed_pixels(pixels), self.embed_tokens(tokens)
+
+
+def _l2_normalise(features: torch.Tensor) -> np.ndarray:
+    """The one place embeddings are L2-normalised (in float32, whatever the autocast dtype)."""
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()

@@ -1,0 +1,125 @@
+"""Write WebDataset shards (image + txt caption + json metadata) from local images.
+
+Two sources: a folder of images with sidecar ``<name>.txt`` captions (and optional ``<name>.json``),
+or a CSV/Parquet manifest with an image path column, a caption column and extra columns that
+become the json metadata. Image bytes are copied as they are, never re-encoded. Keys are the
+zero-padded position in a deterministic order, so the same input always gives the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from webdataset import ShardWriter
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Where and how to write shards."""
+
+    out: str
+    samples_per_shard: int = 1000
+    pattern: str = "%05d.tar"
+    key_digits: int = 9
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ValueError("samples per shard must be >= 1")
+        if "%" not in self.pattern:
+            raise ValueError(f"shard pattern {self.pattern!r} needs a %d-style field for the shard number")
+
+
+@dataclass
+class SourceSample:
+    """One sample to write: where its image is, its caption (None if missing) and metadata."""
+
+    image_path: Path
+    caption: str | None
+    metadata: dict[str, Any]
+
+
+def samples_from_folder(images: Path) -> Iterator[SourceSample]:
+    """Images under ``images`` (recursive, sorted) with ``<stem>.txt`` captions and ``<stem>.json`` metadata."""
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder {images} does not exist")
+    for path in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        caption_file, json_file = path.with_suffix(".txt"), path.with_suffix(".json")
+        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else None
+        metadata = json.loads(json_file.read_text(encoding="utf-8")) if json_file.is_file() else {}
+        metadata.setdefault("source_path", str(path.relative_to(images)))
+        yield SourceSample(path, caption, metadata)
+
+
+def read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    """Rows of a .csv or .parquet manifest as dicts."""
+    suffix = manifest.suffix.lower()
+    if suffix == ".csv":
+        table = pacsv.read_csv(manifest)
+    elif suffix in (".parquet", ".pq"):
+        table = pq.read_table(manifest)
+    else:
+        raise ValueError(f"manifest {manifest}: expected a .csv or .parquet file")
+    return table.to_pylist()
+
+
+def samples_from_manifest(
+    manifest: Path, image_column: str, caption_column: str, image_root: Path | None
+) -> Iterator[SourceSample]:
+    """One sample per manifest row; every column but image and caption goes into the json metadata."""
+    rows = read_manifest(manifest)
+    if rows:
+        missing = [c for c in (image_column, caption_column) if c not in rows[0]]
+        if missing:
+            raise ValueError(f"manifest {manifest} has no column(s) {missing}; columns are {list(rows[0])}")
+    root = image_root or manifest.parent
+    for row in rows:
+        path = Path(str(row[image_column]))
+        metadata = {k: v for k, v in row.items() if k not in (image_column, caption_column)}
+        metadata.setdefault("source_path", str(path))
+        caption = row[caption_column]
+        yield SourceSample(path if path.is_absolute() else root / path, None if caption is None else str(caption), metadata)
+
+
+def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, Any]:
+    """Write samples into numbered tar shards; returns counts and the shard paths written."""
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, no_caption, missing = 0, 0, []
+    with ShardWriter(str(out / spec.pattern), maxcount=spec.samples_per_shard, verbose=0, encoder=False, mtime=0) as sink:
+        for sample in samples:
+            if not sample.image_path.is_file():
+                missing.append(str(sample.image_path))
+                continue
+            record: dict[str, Any] = {
+                "__key__": f"{written:0{spec.key_digits}d}",
+                _image_extension(sample.image_path): sample.image_path.read_bytes(),
+                "json": json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str).encode(),
+            }
+            if sample.caption is None:
+                no_caption += 1
+            else:
+                record["txt"] = sample.caption.encode("utf-8")
+            sink.write(record)
+            written += 1
+        shards = sink.shard
+    if missing:
+        log.warning("%d image files not found, not written (first: %s)", len(missing), missing[0])
+    if no_caption:
+        log.warning("%d samples have no caption; `mmembed embed` will record them as errors", no_caption)
+    paths = [str(out / (spec.pattern % i)) for i in range(shards)] if written else []
+    return {"samples": written, "shards": paths, "no_caption": no_caption, "missing_images": missing}
+
+
+def _image_extension(path: Path) -> str:
+    return path.suffix.lower().lstrip(".")

@@ -1,0 +1,47 @@
+"""Decoded sample -> compact model input (uint8 pixels, token ids) and the row fields it will carry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from mmembed.records import STAGE_PREPROCESS, DecodedSample, ModelInput, SampleError
+
+
+def sample_row(sample: DecodedSample) -> dict:
+    """The non-embedding columns of the sample's output row."""
+    return {
+        "key": sample.key,
+        "shard": sample.shard,
+        "offset": sample.offset,
+        "caption": sample.caption,
+        "metadata": json.dumps(sample.metadata, ensure_ascii=False) if sample.metadata is not None else None,
+        "url": sample.url,
+        "width": sample.width,
+        "height": sample.height,
+        "sha256": sample.sha256,
+    }
+
+
+def prepare_sample(
+    sample: DecodedSample,
+    to_pixels: Callable[[Image.Image], np.ndarray],
+    tokenize: Callable[[list[str]], np.ndarray],
+) -> ModelInput | SampleError:
+    """Resize/crop the image and tokenize the caption on CPU, so the encoder gets small arrays."""
+    try:
+        pixels = to_pixels(sample.image)
+        tokens = tokenize([sample.caption])[0]
+    except Exception as exc:  # noqa: BLE001 - any failure here is recorded against this one sample
+        return SampleError(
+            sample.shard,
+            sample.key,
+            sample.image_member,
+            STAGE_PREPROCESS,
+            "preprocess_failed",
+            f"shard {sample.shard}: sample {sample.key}: preprocessing failed ({type(exc).__name__}: {exc})",
+        )
+    return ModelInput(row=sample_row(sample), pixels=pixels, tokens=tokens)

@@ -1,0 +1,84 @@
+"""THE Parquet schemas of an embed job's outputs, and the provenance stored in their metadata."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmembed import __version__
+from mmembed.records import EmbeddedSample, SampleError
+
+PROVENANCE_KEY = b"mmembed.provenance"
+ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("key", pa.string()),  # null for an error about the whole shard
+        pa.field("member", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("code", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+def embeddings_schema(dim: int, dtype: str, provenance: dict[str, Any] | None = None) -> pa.Schema:
+    """One row per embedded sample; embeddings as fixed_size_list<dtype>[dim], L2-normalised."""
+    vector = pa.list_(ARROW_DTYPES[dtype], dim)
+    schema = pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("shard", pa.string(), nullable=False),
+            pa.field("offset", pa.int64(), nullable=False),  # byte offset of the image member's data in the tar
+            pa.field("caption", pa.string()),
+            pa.field("metadata", pa.string()),  # the sample's json member, as JSON text
+            pa.field("url", pa.string()),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("sha256", pa.string(), nullable=False),  # of the image member's bytes
+            pa.field("image_embedding", vector, nullable=False),
+            pa.field("text_embedding", vector, nullable=False),
+            pa.field("similarity", pa.float32(), nullable=False),  # cosine(image, text)
+        ]
+    )
+    if provenance is not None:
+        schema = schema.with_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()})
+    return schema
+
+
+def full_provenance(encoder_provenance: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """Encoder provenance plus what the writer adds: stored dtype, normalisation, mmembed version."""
+    return {**encoder_provenance, "dtype": dtype, "normalized": True, "mmembed_version": __version__}
+
+
+def read_provenance(schema: pa.Schema) -> dict[str, Any] | None:
+    raw = (schema.metadata or {}).get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else None
+
+
+def embeddings_table(samples: Sequence[EmbeddedSample], schema: pa.Schema) -> pa.Table:
+    """Rows -> a table of ``schema`` (in the given order)."""
+    dim = schema.field("image_embedding").type.list_size
+    np_dtype = np.float16 if schema.field("image_embedding").type.value_type == pa.float16() else np.float32
+    columns: dict[str, Any] = {
+        name: [s.row[name] for s in samples]
+        for name in ("key", "shard", "offset", "caption", "metadata", "url", "width", "height", "sha256")
+    }
+    for name in ("image_embedding", "text_embedding"):
+        flat = np.concatenate([getattr(s, name) for s in samples]) if samples else np.zeros(0)
+        values = pa.array(flat.astype(np_dtype), type=schema.field(name).type.value_type)
+        columns[name] = pa.FixedSizeListArray.from_arrays(values, dim)
+    columns["similarity"] = pa.array([s.similarity for s in samples], type=pa.float32())
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def errors_table(errors: Sequence[SampleError]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{"shard": e.shard, "key": e.key, "member": e.member, "stage": e.stage, "code": e.code, "reason": e.reason} for e in errors],
+        schema=ERRORS_SCHEMA,
+    )

@@ -1,0 +1,200 @@
+"""Shard URLs and streaming tar reading: members grouped into samples by WebDataset key.
+
+A shard is read as a stream (``tarfile`` mode ``r|*``, gzip detected), so memory holds one
+sample at a time, never a whole shard. Structural problems become ``SampleError`` records
+instead of exceptions, so the rest of the shard is still processed.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import tarfile
+from collections.abc import Iterator
+from typing import IO
+
+from braceexpand import braceexpand
+from webdataset.tariterators import base_plus_ext
+
+from mmembed.records import STAGE_READ, STAGE_SHARD, RawSample, SampleError
+
+SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # WebDataset's own metadata members, skipped
+
+
+def expand_braces(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Expand ``data/{00000..00099}.tar`` style patterns; order is kept, duplicates dropped."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    seen: dict[str, None] = {}
+    for pattern in patterns:
+        for url in braceexpand(pattern):
+            seen.setdefault(url, None)
+    return list(seen)
+
+
+def shard_name(url: str) -> str:
+    """Output name for a shard URL: its file name without the tar suffix (``a/b/00001.tar`` -> ``00001``)."""
+    base = posixpath.basename(url.rstrip("/"))
+    for suffix in SHARD_SUFFIXES:
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def check_unique_names(urls: list[str]) -> None:
+    """Outputs are named after shards, so two shards with one name would overwrite each other."""
+    by_name: dict[str, str] = {}
+    for url in urls:
+        name = shard_name(url)
+        if name in by_name:
+            raise ValueError(
+                f"shards {by_name[name]!r} and {url!r} have the same name {name!r}, so their outputs "
+                "would collide; rename one or embed the two folders in separate jobs"
+            )
+        by_name[name] = url
+
+
+def iter_shard_samples(
+    fileobj: IO[bytes], shard: str, image_extensions: tuple[str, ...]
+) -> Iterator[RawSample | SampleError]:
+    """Stream ``fileobj`` as a tar and yield one ``RawSample`` per key, or a ``SampleError``.
+
+    A shard that is not a tar yields one shard-level error; a truncated shard yields the samples
+    before the damage, an error for the sample being read, and a shard-level error.
+    """
+    grouper = _SampleGrouper(shard, image_extensions)
+    try:
+        tar = tarfile.open(fileobj=fileobj, mode="r|*")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        yield SampleError(
+            shard,
+            None,
+            None,
+            STAGE_SHARD,
+            "not_a_tar",
+            f"shard {shard}: not a readable tar archive ({exc}); "
+            "fix: check the file is a .tar or .tar.gz WebDataset shard (mmembed make-shards writes them)",
+        )
+        return
+    member_name = None
+    try:
+        with tar:
+            for info in tar:
+                member_name = info.name
+                if not info.isfile() or _META_MEMBER.match(posixpath.basename(info.name)):
+                    continue
+                extracted = tar.extractfile(info)
+                data = extracted.read() if extracted is not None else b""
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"member data ends after {len(data)} of {info.size} bytes")
+                yield from grouper.add(info.name, data, info.offset_data)
+                member_name = None
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        where = f"while reading member {member_name}" if member_name else "between members"
+        yield from grouper.abandon(member_name, f"shard truncated or corrupt {where}; the sample is incomplete")
+        yield SampleError(
+            shard,
+            None,
+            member_name,
+            STAGE_SHARD,
+            "truncated_shard",
+            f"shard {shard}: truncated or corrupt tar {where} ({exc}); samples before this point were "
+            "processed; fix: re-download or re-create the shard",
+        )
+        return
+    yield from grouper.finish()
+
+
+class _SampleGrouper:
+    """Groups consecutive members by key and flags keys that come back later in the shard."""
+
+    def __init__(self, shard: str, image_extensions: tuple[str, ...]) -> None:
+        self.shard = shard
+        self.image_extensions = tuple(e.lower() for e in image_extensions)
+        self.current: RawSample | None = None
+        self.current_error: SampleError | None = None
+        self.seen_keys: set[str] = set()
+
+    def add(self, name: str, data: bytes, offset: int) -> Iterator[RawSample | SampleError]:
+        key, ext = base_plus_ext(name)
+        if key is None:
+            yield SampleError(
+                self.shard,
+                name,
+                name,
+                STAGE_READ,
+                "no_extension",
+                f"shard {self.shard}: member {name} has no extension, so it belongs to no sample; "
+                "fix: name members <key>.<ext> (e.g. 000123.jpg, 000123.txt)",
+            )
+            return
+        ext = ext.lower()
+        if self.current is None or key != self.current.key:
+            yield from self.finish()
+            self._start(key, name)
+        if self.current_error is not None:
+            return
+        if ext in self.current.members:
+            self.current_error = self._error(
+                name, "duplicate_member", f"member {name} repeats extension .{ext} inside sample {key}; fix: one file per extension"
+            )
+            return
+        self.current.members[ext] = data
+        self.current.member_offsets[ext] = offset
+
+    def _start(self, key: str, name: str) -> None:
+        self.current = RawSample(self.shard, key)
+        self.current_error = None
+        if key in self.seen_keys:
+            self.current_error = self._error(
+                name,
+                "duplicate_key",
+                f"duplicate key {key}: member {name} repeats a key seen earlier in the shard, so the "
+                "second copy was not embedded; fix: give every sample a unique key (make-shards does)",
+            )
+        self.seen_keys.add(key)
+
+    def _error(self, member: str, code: str, reason: str) -> SampleError:
+        return SampleError(self.shard, self.current.key, member, STAGE_READ, code, f"shard {self.shard}: {reason}")
+
+    def finish(self) -> Iterator[RawSample | SampleError]:
+        """Emit the sample being assembled, checking it has an image member."""
+        sample, error = self.current, self.current_error
+        self.current, self.current_error = None, None
+        if sample is None:
+            return
+        if error is not None:
+            yield error
+            return
+        if not any(ext in sample.members for ext in self.image_extensions):
+            found = ", ".join(f".{e}" for e in sample.members) or "nothing"
+            wanted = "/".join(f".{e}" for e in self.image_extensions)
+            yield SampleError(
+                self.shard,
+                sample.key,
+                f"{sample.key}.{next(iter(sample.members), '')}",
+                STAGE_READ,
+                "no_image",
+                f"shard {self.shard}: sample {sample.key} has no image member (looked for {wanted}, "
+                f"found {found}); fix: add the image or drop the sample's other files",
+            )
+            return
+        yield sample
+
+    def abandon(self, member: str | None, reason: str) -> Iterator[RawSample | SampleError]:
+        """The stream broke while reading ``member``: its sample is recorded as an error.
+
+        A sample completed before the break (its key differs from the broken member's) is still
+        emitted; with no member name (a broken header) the sample in hand may be partial.
+        """
+        key = base_plus_ext(member)[0] if member else None
+        if member and (self.current is None or key != self.current.key):
+            yield from self.finish()
+            self.current = RawSample(self.shard, key or member)
+        sample = self.current
+        self.current, self.current_error = None, None
+        if sample is not None:
+            yield SampleError(
+                self.shard, sample.key, member, STAGE_READ, "incomplete_sample", f"shard {self.shard}: sample {sample.key}: {reason}"
+            )
