@@ -13,6 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mmembed.config import DecodeConfig
 from mmembed.records import STAGE_DECODE, DecodedSample, RawSample, SampleError
 
+FIX_IMAGE = "fix: re-export the image as JPEG/PNG/WebP, or remove the sample"
+
 
 class DecodeError(ValueError):
     """One member could not be decoded; ``code`` and the message are recorded in errors/."""
@@ -30,7 +32,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     grayscale and 16-bit images become 8-bit RGB (alpha composited on white).
     """
     if not data:
-        raise DecodeError("empty_image", "image member is empty (0 bytes)")
+        raise DecodeError("empty_image", f"image member is empty (0 bytes); {FIX_IMAGE}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,7 +42,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                 raise DecodeError(
                     "image_too_large",
                     f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-                    "(decompression-bomb guard); fix: downscale it, or raise --max-image-pixels if it is genuine"
+                    "(decompression-bomb guard); fix: downscale it, or raise --max-image-pixels if it is genuine",
                 )
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -48,11 +50,13 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError("bad_image", f"not a decodable image (unrecognised format, starts with {data[:8]!r})") from None
+        raise DecodeError(
+            "bad_image", f"not a decodable image (unrecognised format, starts with {data[:8]!r}); {FIX_IMAGE}"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError("image_too_large", f"decompression-bomb guard: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError("bad_image", f"not a decodable image ({exc})") from None
+        raise DecodeError("bad_image", f"not a decodable image ({exc}); {FIX_IMAGE}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -78,7 +82,7 @@ def decode_caption(data: bytes) -> str:
         raise DecodeError(
             "bad_caption_encoding",
             f"caption is not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 4]!r}); "
-            "fix: re-encode the caption file as UTF-8"
+            "fix: re-encode the caption file as UTF-8",
         ) from None
 
 
@@ -87,9 +91,13 @@ def decode_metadata(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError("bad_metadata", f"metadata is not valid JSON ({exc}); fix: write one JSON object per sample") from None
+        raise DecodeError(
+            "bad_metadata", f"metadata is not valid JSON ({exc}); fix: write one JSON object per sample"
+        ) from None
     if not isinstance(value, dict):
-        raise DecodeError("bad_metadata", f"metadata is JSON {type(value).__name__}, not an object; fix: write a JSON object")
+        raise DecodeError(
+            "bad_metadata", f"metadata is JSON {type(value).__name__}, not an object; fix: write a JSON object"
+        )
     return value
 
 

@@ -47,6 +47,7 @@ class SourceSample:
     image_path: Path
     caption: str | None
     metadata: dict[str, Any]
+    key: str | None = None  # None: the zero-padded position is the key
 
 
 def samples_from_folder(images: Path) -> Iterator[SourceSample]:
@@ -74,21 +75,42 @@ def read_manifest(manifest: Path) -> list[dict[str, Any]]:
 
 
 def samples_from_manifest(
-    manifest: Path, image_column: str, caption_column: str, image_root: Path | None
+    manifest: Path, image_column: str, caption_column: str, image_root: Path | None, key_column: str | None = None
 ) -> Iterator[SourceSample]:
-    """One sample per manifest row; every column but image and caption goes into the json metadata."""
+    """One sample per manifest row; every column but image and caption goes into the json metadata.
+
+    With ``key_column`` the sample keys come from that column (they must be unique and contain no
+    '.' or '/', which WebDataset uses to split member names); otherwise keys are row positions.
+    """
     rows = read_manifest(manifest)
     if rows:
-        missing = [c for c in (image_column, caption_column) if c not in rows[0]]
+        wanted = [c for c in (image_column, caption_column, key_column) if c]
+        missing = [c for c in wanted if c not in rows[0]]
         if missing:
             raise ValueError(f"manifest {manifest} has no column(s) {missing}; columns are {list(rows[0])}")
     root = image_root or manifest.parent
-    for row in rows:
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=1):
         path = Path(str(row[image_column]))
         metadata = {k: v for k, v in row.items() if k not in (image_column, caption_column)}
         metadata.setdefault("source_path", str(path))
         caption = row[caption_column]
-        yield SourceSample(path if path.is_absolute() else root / path, None if caption is None else str(caption), metadata)
+        key = _checked_key(row[key_column], seen, manifest, number) if key_column else None
+        yield SourceSample(
+            path if path.is_absolute() else root / path, None if caption is None else str(caption), metadata, key
+        )
+
+
+def _checked_key(value: Any, seen: set[str], manifest: Path, row: int) -> str:
+    key = str(value)
+    if not key or "." in key or "/" in key or key in seen:
+        problem = "repeats an earlier key" if key in seen else "is empty or contains '.' or '/'"
+        raise ValueError(
+            f"manifest {manifest} row {row}: key {key!r} {problem}; fix: give each row a unique key without "
+            "dots or slashes, or leave out --key-column to number the samples"
+        )
+    seen.add(key)
+    return key
 
 
 def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, Any]:
@@ -96,13 +118,15 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     written, no_caption, missing = 0, 0, []
-    with ShardWriter(str(out / spec.pattern), maxcount=spec.samples_per_shard, verbose=0, encoder=False, mtime=0) as sink:
+    with ShardWriter(
+        str(out / spec.pattern), maxcount=spec.samples_per_shard, verbose=0, encoder=False, mtime=0
+    ) as sink:
         for sample in samples:
             if not sample.image_path.is_file():
                 missing.append(str(sample.image_path))
                 continue
             record: dict[str, Any] = {
-                "__key__": f"{written:0{spec.key_digits}d}",
+                "__key__": sample.key or f"{written:0{spec.key_digits}d}",
                 _image_extension(sample.image_path): sample.image_path.read_bytes(),
                 "json": json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str).encode(),
             }

@@ -41,7 +41,9 @@ class ShardCounts:
     shard_errors: Counter = field(default_factory=Counter)  # code -> count, about the shard as a whole
 
 
-def summarize(counts: list[ShardCounts], *, processed_shards: int, processed_samples: int, seconds: float) -> dict[str, Any]:
+def summarize(
+    counts: list[ShardCounts], *, processed_shards: int, processed_samples: int, seconds: float
+) -> dict[str, Any]:
     """The job summary: samples in = embedded + errors, with errors by reason code and throughput."""
     embedded = sum(c.embedded for c in counts)
     by_code: Counter = Counter()

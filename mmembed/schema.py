@@ -79,6 +79,9 @@ def embeddings_table(samples: Sequence[EmbeddedSample], schema: pa.Schema) -> pa
 
 def errors_table(errors: Sequence[SampleError]) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"shard": e.shard, "key": e.key, "member": e.member, "stage": e.stage, "code": e.code, "reason": e.reason} for e in errors],
+        [
+            {"shard": e.shard, "key": e.key, "member": e.member, "stage": e.stage, "code": e.code, "reason": e.reason}
+            for e in errors
+        ],
         schema=ERRORS_SCHEMA,
     )

@@ -65,7 +65,7 @@ def iter_shard_samples(
     """
     grouper = _SampleGrouper(shard, image_extensions)
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r|*")
+        tar = tarfile.open(fileobj=fileobj, mode="r|*")  # noqa: SIM115 - closed by the `with tar` below
     except (tarfile.TarError, EOFError, OSError) as exc:
         yield SampleError(
             shard,
@@ -137,7 +137,9 @@ class _SampleGrouper:
             return
         if ext in self.current.members:
             self.current_error = self._error(
-                name, "duplicate_member", f"member {name} repeats extension .{ext} inside sample {key}; fix: one file per extension"
+                name,
+                "duplicate_member",
+                f"member {name} repeats extension .{ext} inside sample {key}; fix: one file per extension",
             )
             return
         self.current.members[ext] = data
@@ -168,7 +170,7 @@ class _SampleGrouper:
             yield error
             return
         if not any(ext in sample.members for ext in self.image_extensions):
-            found = ", ".join(f".{e}" for e in sample.members) or "nothing"
+            found = ", ".join(f"{sample.key}.{e}" for e in sample.members) or "nothing"
             wanted = "/".join(f".{e}" for e in self.image_extensions)
             yield SampleError(
                 self.shard,
@@ -196,5 +198,10 @@ class _SampleGrouper:
         self.current, self.current_error = None, None
         if sample is not None:
             yield SampleError(
-                self.shard, sample.key, member, STAGE_READ, "incomplete_sample", f"shard {self.shard}: sample {sample.key}: {reason}"
+                self.shard,
+                sample.key,
+                member,
+                STAGE_READ,
+                "incomplete_sample",
+                f"shard {self.shard}: sample {sample.key}: {reason}",
             )

@@ -21,7 +21,15 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from mmembed.beam import filesystem
 from mmembed.beam.embed import EmbedShards
-from mmembed.config import DEFAULT_MODEL, DEVICES, OUTPUT_DTYPES, PRECISIONS, DecodeConfig, EmbedJobConfig, EncoderConfig
+from mmembed.config import (
+    DEFAULT_MODEL,
+    DEVICES,
+    OUTPUT_DTYPES,
+    PRECISIONS,
+    DecodeConfig,
+    EmbedJobConfig,
+    EncoderConfig,
+)
 from mmembed.encoders.openclip import embedding_dim, provenance, resolve_device
 from mmembed.outputs import SUMMARY_FILE, ShardCounts, ShardOutputs, join, summarize
 from mmembed.schema import embeddings_schema, full_provenance
@@ -38,7 +46,9 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help="open_clip pretrained tag, e.g. laion2b_s34b_b79k (needs a download)")
     parser.add_argument("--checkpoint", help="local open_clip checkpoint file for --model")
     parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="autocast dtype (auto: bf16/fp16 on GPU)")
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="autocast dtype (auto: bf16/fp16 on GPU)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="init seed for models without weights")
     parser.add_argument("--output-dtype", default="float32", choices=OUTPUT_DTYPES)

@@ -54,7 +54,9 @@ class ReadAndDecodeShard(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG,
                 _count_error(
-                    SampleError(shard, None, None, "shard", "unreadable_shard", f"shard {shard}: cannot open {url} ({exc})")
+                    SampleError(
+                        shard, None, None, "shard", "unreadable_shard", f"shard {shard}: cannot open {url} ({exc})"
+                    )
                 ),
             )
             return
@@ -178,9 +180,7 @@ class WriteShardOutputs(beam.DoFn):
 class EmbedShards(beam.PTransform):
     """PCollection of shard URLs -> per-shard Parquet outputs; yields one stats dict per shard."""
 
-    def __init__(
-        self, encoder: EncoderConfig, decode: DecodeConfig, out: str, schema: Any, total_shards: int
-    ) -> None:
+    def __init__(self, encoder: EncoderConfig, decode: DecodeConfig, out: str, schema: Any, total_shards: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.decode = decode
@@ -196,7 +196,9 @@ class EmbedShards(beam.PTransform):
         prepared = decoded.samples | "Preprocess" >> beam.ParDo(PrepareModelInput(self.encoder)).with_outputs(
             ERRORS_TAG, main="inputs"
         )
-        inference = prepared.inputs | "Encode" >> RunInference(OpenClipModelHandler(self.encoder)).with_exception_handling()
+        inference = (
+            prepared.inputs | "Encode" >> RunInference(OpenClipModelHandler(self.encoder)).with_exception_handling()
+        )
         encode_errors = inference[1].failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_errors)
 
         errors = (decoded[ERRORS_TAG], prepared[ERRORS_TAG], encode_errors) | "AllErrors" >> beam.Flatten()

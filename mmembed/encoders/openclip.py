@@ -147,12 +147,28 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return None
 
 
-@cache
 def file_sha256(path: str) -> str:
+    """sha256 of a file, cached per (path, size, mtime) so a rewritten checkpoint is hashed again."""
+    stat = Path(path).stat()
+    return _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def local_dir_sha256(model: str) -> str:
+    """One digest over a local model dir's config and weight files, so retrained weights change provenance."""
+    folder = Path(model[len(LOCAL_DIR_PREFIX) :])
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*")):
+        if path.suffix in (".json", ".safetensors", ".bin", ".pth", ".pt"):
+            digest.update(path.name.encode() + file_sha256(str(path)).encode())
     return digest.hexdigest()
 
 
@@ -164,7 +180,7 @@ def provenance(config: EncoderConfig) -> dict[str, Any]:
     elif config.checkpoint:
         weights = f"checkpoint-sha256:{file_sha256(config.checkpoint)}"
     elif config.model.startswith(LOCAL_DIR_PREFIX):
-        weights = "local-dir"
+        weights = f"local-dir-sha256:{local_dir_sha256(config.model)}"
     return {
         "model": config.model,
         "pretrained": config.pretrained,
@@ -193,7 +209,14 @@ class OpenClipEncoder:
         register_bundled_configs()
         torch.manual_seed(config.seed)  # random-init models are reproducible across workers
         weights = config.pretrained or config.checkpoint
-        model = open_clip.create_model(config.model, pretrained=weights, device=device)
+        try:
+            model = open_clip.create_model(config.model, pretrained=weights, device=device)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise RuntimeError(
+                f"model {config.model} ({weights or 'random init'}): weights could not be loaded ({exc}); fix: on a "
+                "machine without a model hub, pass --checkpoint FILE (a local open_clip state dict) or "
+                "--model local-dir:/path holding open_clip_config.json and the weights"
+            ) from exc
         model.eval()
         expected = resolve_preprocess_cfg(config)
         actual = _normalise_cfg(open_clip.get_model_preprocess_cfg(model))

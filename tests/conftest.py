@@ -1,0 +1,51 @@
+"""Shared fixtures: offline settings, real-photo shards and a tiny random-weight OpenCLIP model."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmembed.config import EncoderConfig
+from mmembed.demo import write_demo_images
+from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
+
+TINY = EncoderConfig(model="mmembed-tiny", device="cpu", batch_size=8, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    """Every random source seeded before each test."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-image's real photos (two variants each) with captions and json sidecars."""
+    folder = tmp_path_factory.mktemp("photos")
+    write_demo_images(folder, variants=("original", "flipped"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_shards(demo_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The demo photos as WebDataset shards of 10 samples (38 samples, 4 shards)."""
+    out = tmp_path_factory.mktemp("shards")
+    result = write_shards(samples_from_folder(demo_photos), ShardSpec(out=str(out), samples_per_shard=10))
+    return result["shards"]
+
+
+@pytest.fixture
+def tiny_config() -> EncoderConfig:
+    """The bundled tiny OpenCLIP config with seeded random weights, on CPU."""
+    return TINY

@@ -1,0 +1,60 @@
+"""The ``mmembed`` command line: make-shards then embed on the default offline runner, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mmembed.cli import main
+from tests.test_makeshards import photo_folder
+
+
+def test_make_shards_then_embed_on_the_default_runner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos = photo_folder(tmp_path / "photos")
+    manifest = tmp_path / "captions.csv"
+    manifest.write_text("image,caption,source\nastronaut.jpg,an astronaut,nasa\ncoffee.jpg,a coffee,skimage\n")
+    assert main(["make-shards", "--images", str(photos), "--out", str(tmp_path / "a"), "--samples-per-shard", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 3
+    code = main(
+        [
+            "make-shards", "--manifest", str(manifest), "--image-column", "image", "--caption-column", "caption",
+            "--image-root", str(photos), "--out", str(tmp_path / "b"), "--samples-per-shard", "1000",
+        ]
+    )  # fmt: skip
+    assert code == 0 and json.loads(capsys.readouterr().out)["shards"] == [str(tmp_path / "b" / "00000.tar")]
+
+    out = tmp_path / "emb"
+    assert main(["embed", "--shards", str(tmp_path / "a" / "*.tar"), "--out", str(out), "--batch-size", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["samples_in"] == summary["embedded"] == 3 and summary["errors"] == 0
+    assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["00000.parquet", "00001.parquet"]
+    assert pq.read_metadata(out / "embeddings" / "00000.parquet").num_rows == 2
+    assert json.loads((out / "summary.json").read_text())["embedded"] == 3
+
+    # brace patterns work, and a re-run skips both complete shards
+    assert main(["embed", "--shards", str(tmp_path / "a" / "{00000..00001}.tar"), "--out", str(out)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["shards_skipped"] == 2 and again["embedded"] == 3
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed", "--shards", str(tmp_path / "nothing-*.tar"), "--out", str(tmp_path / "o")]) == 2
+    assert "matched no files" in capsys.readouterr().err
+    assert main(["embed", "--shards", "x.tar", "--out", "o", "--checkpoint", str(tmp_path / "no.pt")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert main(["make-shards", "--images", str(tmp_path / "none"), "--out", str(tmp_path / "s")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")
+def test_cuda_without_cuda_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photo_folder(tmp_path / "photos")
+    main(["make-shards", "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "s")])
+    capsys.readouterr()
+    code = main(["embed", "--shards", str(tmp_path / "s" / "*.tar"), "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "embeddings").exists()

@@ -1,0 +1,125 @@
+"""Decoding member bytes: every image mode to RGB, and a precise error code for each bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmembed.config import DecodeConfig
+from mmembed.decode import DecodeError, decode_caption, decode_image, decode_metadata, decode_sample
+from mmembed.records import DecodedSample, RawSample, SampleError
+from tests.tarmaker import image_bytes, jpeg_bytes
+
+LIMIT = DecodeConfig().max_image_pixels
+
+
+def photo(mode: str = "RGB") -> Image.Image:
+    image = Image.open(__import__("io").BytesIO(jpeg_bytes("chelsea", size=64))).convert("RGB")
+    return image.convert(mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("RGB", "WEBP")],
+)
+def test_every_mode_and_format_decodes_to_rgb(mode: str, fmt: str) -> None:
+    source = photo(mode)
+    image = decode_image(image_bytes(source, fmt), LIMIT)
+    assert image.mode == "RGB" and image.size == source.size
+
+
+def test_16bit_grayscale_png_becomes_8bit_rgb() -> None:
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    image = decode_image(image_bytes(Image.fromarray(ramp), "PNG"), LIMIT)
+    pixels = np.asarray(image)
+    assert image.mode == "RGB" and pixels.max() > 200 and pixels.min() == 0
+
+
+def test_transparent_pixels_become_white_not_black() -> None:
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    image = decode_image(image_bytes(rgba, "PNG"), LIMIT)
+    assert np.asarray(image).min() == 255
+
+
+def test_exif_orientation_is_applied() -> None:
+    source = photo()  # landscape-or-square source; rotate via EXIF tag 6 (90 degrees clockwise)
+    wide = source.resize((80, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image = decode_image(image_bytes(wide, "JPEG", exif=exif), LIMIT)
+    assert image.size == (40, 80)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_image"),
+        (b"hello, I am a caption saved as .jpg\n", "bad_image"),
+        (jpeg_bytes()[:400], "bad_image"),  # truncated JPEG
+    ],
+    ids=["zero-bytes", "text-named-jpg", "truncated-jpeg"],
+)
+def test_undecodable_images_have_codes(data: bytes, code: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_image(data, LIMIT)
+    assert info.value.code == code
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    big = image_bytes(Image.new("L", (4000, 3000)), "PNG")  # 12 Mpx, compresses to a few KB
+    with pytest.raises(DecodeError) as info:
+        decode_image(big, max_pixels=1_000_000)
+    assert info.value.code == "image_too_large" and "12,000,000" in str(info.value)
+
+
+def test_caption_must_be_utf8() -> None:
+    assert decode_caption("  un café \n".encode()) == "un café"
+    with pytest.raises(DecodeError) as info:
+        decode_caption("café".encode("latin-1"))
+    assert info.value.code == "bad_caption_encoding" and "UTF-8" in str(info.value)
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_metadata_must_be_a_json_object(data: bytes) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_metadata(data)
+    assert info.value.code == "bad_metadata"
+
+
+def raw(**members: bytes) -> RawSample:
+    return RawSample("shard-3", "k9", members=dict(members), member_offsets={k: 512 for k in members})
+
+
+def test_decode_sample_fills_row_fields() -> None:
+    data = jpeg_bytes()
+    decoded = decode_sample(raw(jpg=data, txt=b"an astronaut", json=b'{"url": "http://x/y.jpg"}'), DecodeConfig())
+    assert isinstance(decoded, DecodedSample)
+    assert (decoded.caption, decoded.url, decoded.offset, decoded.image_member) == (
+        "an astronaut",
+        "http://x/y.jpg",
+        512,
+        "k9.jpg",
+    )
+    assert len(decoded.sha256) == 64 and decoded.width == decoded.image.width
+
+
+@pytest.mark.parametrize(
+    ("members", "code", "member"),
+    [
+        ({"jpg": b"GIF89a broken"}, "no_caption", "k9.txt"),
+        ({"jpg": jpeg_bytes()[:300], "txt": b"x"}, "bad_image", "k9.jpg"),
+        ({"jpg": jpeg_bytes(), "txt": b"\xff\xff"}, "bad_caption_encoding", "k9.txt"),
+        ({"jpg": jpeg_bytes(), "txt": b"ok", "json": b"{"}, "bad_metadata", "k9.json"),
+    ],
+)
+def test_decode_sample_errors_name_shard_member_and_fix(members: dict, code: str, member: str) -> None:
+    error = decode_sample(raw(**members), DecodeConfig())
+    assert isinstance(error, SampleError)
+    assert (error.code, error.member, error.stage) == (code, member, "decode")
+    assert "shard shard-3" in error.reason and member in error.reason and "fix:" in error.reason
+
+
+def test_custom_caption_key() -> None:
+    decoded = decode_sample(raw(jpg=jpeg_bytes(), caption=b"from .caption"), DecodeConfig(caption_key="caption"))
+    assert isinstance(decoded, DecodedSample) and decoded.caption == "from .caption"
