@@ -12,15 +12,17 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
 import pyarrow.parquet as pq
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from mmembed.beam import filesystem
-from mmembed.beam.embed import EmbedShards
+from mmembed.beam.embed import NAMESPACE, EmbedShards
 from mmembed.config import (
     DEFAULT_MODEL,
     DEVICES,
@@ -95,6 +97,19 @@ def read_counts(out: str, shard: str) -> ShardCounts:
     return counts
 
 
+def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The job's Beam counters (namespace ``mmembed``) by name, committed values where the runner has them."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except (NotImplementedError, AttributeError):  # some runners expose no metrics
+        return {}
+    totals: Counter = Counter()
+    for counter in found:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] += value or 0
+    return dict(sorted(totals.items()))
+
+
 def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
     """A pipeline on the given Beam options; the offline in-process FnApiRunner unless --runner is set."""
     options = PipelineOptions(beam_args)
@@ -110,21 +125,27 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
     beam_args = beam_args or []
     local = test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args)
     if local:
-        resolve_device(config.encoder.device)  # fail fast: CUDA requested on a machine without it
+        # Fail fast when CUDA is requested but absent; pin 'auto' to what this machine has, so the
+        # model handler knows to share one model copy per GPU. Remote workers resolve it themselves.
+        device = resolve_device(config.encoder.device)
+        config = replace(config, encoder=replace(config.encoder, device=device))
     urls = filesystem.list_shards(config.shards)
     todo = [u for u in urls if config.overwrite or not is_complete(config.out, shard_name(u))]
     log.info("%d shards, %d to embed, %d already complete", len(urls), len(todo), len(urls) - len(todo))
 
     prov = full_provenance(provenance(config.encoder), config.output_dtype)
     schema = embeddings_schema(embedding_dim(config.encoder), config.output_dtype, prov)
+    counters: dict[str, int] = {}
     if todo:
         pipeline = test_pipeline if test_pipeline is not None else make_pipeline(beam_args)
-        with pipeline as p:
-            _ = (
-                p
-                | "Shards" >> beam.Create(todo)
-                | "Embed" >> EmbedShards(config.encoder, config.decode, config.out, schema, len(todo))
-            )
+        _ = (
+            pipeline
+            | "Shards" >> beam.Create(todo)
+            | "Embed" >> EmbedShards(config.encoder, config.decode, config.out, schema, len(todo))
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters = job_counters(result)
 
     counts = [read_counts(config.out, shard_name(u)) for u in urls]
     redone = {shard_name(u) for u in todo}
@@ -132,6 +153,7 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
     summary = summarize(
         counts, processed_shards=len(todo), processed_samples=processed_samples, seconds=time.monotonic() - started
     )
+    summary["beam_counters"] = counters
     summary["provenance"] = prov
     filesystem.write_atomic(join(config.out, SUMMARY_FILE), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     return summary

@@ -224,6 +224,9 @@ def test_bad_input_is_recorded_and_nothing_is_lost(tmp_path: Path, tiny_config: 
     assert summary["samples_in"] == samples_in and summary["embedded"] == 4 and summary["errors"] == len(expected_codes)
     assert summary["errors_by_reason"]["bad_image"] == 2
     assert summary["failed_shards"] == ["nottar", "truncated"]
+    counters = summary["beam_counters"]  # Beam's counters tell the same story as the files
+    assert (counters["samples_in"], counters["embedded"], counters["sample_errors"]) == (samples_in, 4, 10)
+    assert counters["shard_errors"] == 2 and counters["errors.bad_image"] == 2
     assert (tmp_path / "out" / "embeddings" / "empty.parquet").is_file()  # an empty shard is complete, not missing
 
 
