@@ -1,0 +1,81 @@
+"""Open a built index dir for search: both indexes with their tuned parameters, plus the row-id table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmembed.config import ConfigError
+from mmembed.index.store import IDS_FILE, INDEX_FILES, read_index, read_infos
+from mmembed.index.tune import apply_params
+
+
+class SearchIndex:
+    """One modality's faiss index with its tuned search parameters applied."""
+
+    def __init__(self, index: faiss.Index, params: str, modality: str):
+        self.index = index
+        self.params = params
+        self.modality = modality
+        apply_params(index, params)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (inner product) for L2-normalised query vectors -> (scores, row_ids); -1 where fewer exist."""
+        queries = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if queries.shape[1] != self.index.d:
+            raise ValueError(f"{self.modality} index expects {self.index.d}-d queries, got {queries.shape[1]}-d")
+        return self.index.search(queries, k)
+
+
+class IndexSet:
+    """An index dir opened for search: ``image`` and ``text`` SearchIndexes, ``infos``, and id lookup."""
+
+    def __init__(self, index_dir: Path, infos: dict[str, Any], indexes: dict[str, SearchIndex]):
+        self.index_dir = index_dir
+        self.infos = infos
+        self.indexes = indexes
+        self._ids: pa.Table | None = None
+
+    @property
+    def image(self) -> SearchIndex:
+        return self.indexes["image"]
+
+    @property
+    def text(self) -> SearchIndex:
+        return self.indexes["text"]
+
+    def search(self, vectors: np.ndarray, k: int, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """Search the ``modality`` index (image vectors for text->image and image->image, text for ->text)."""
+        return self.indexes[modality].search(vectors, k)
+
+    def lookup(self, row_ids: np.ndarray) -> pa.Table:
+        """Rows of ids.parquet (row_id, key, shard, offset, caption, url) for ``row_ids`` in order; -1 dropped."""
+        if self._ids is None:
+            self._ids = pq.read_table(self.index_dir / IDS_FILE, memory_map=True)
+        flat = np.asarray(row_ids, dtype=np.int64).ravel()
+        return self._ids.take(pa.array(flat[flat >= 0]))
+
+
+def load_index(index_dir: str | Path, mmap: bool = True) -> IndexSet:
+    """Open an index dir (IVF lists memory-mapped by default) and check indexes, ids and infos agree."""
+    folder = Path(index_dir)
+    infos = read_infos(folder)
+    indexes = {}
+    for modality, name in INDEX_FILES.items():
+        index = read_index(folder / name, mmap=mmap)
+        if index.ntotal != infos["count"]:
+            raise ConfigError(f"{folder / name}: {index.ntotal} vectors but infos.json says {infos['count']}; rebuild")
+        indexes[modality] = SearchIndex(index, infos["indexes"][modality]["search_params"], modality)
+    id_rows = pq.ParquetFile(folder / IDS_FILE).metadata.num_rows
+    if id_rows != infos["count"]:
+        raise ConfigError(f"{folder / IDS_FILE}: {id_rows} rows but infos.json says {infos['count']}; rebuild")
+    return IndexSet(folder, infos, indexes)

@@ -1,0 +1,185 @@
+"""Read an embed job's ``embeddings/*.parquet``: check one provenance, count rows, stream vectors in batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmembed.config import ConfigError
+from mmembed.outputs import EMBEDDINGS_DIR
+from mmembed.schema import read_provenance
+
+VECTOR_COLUMNS = {"image": "image_embedding", "text": "text_embedding"}
+ID_COLUMNS = ("key", "shard", "offset", "caption", "url")
+# Provenance fields that must agree for vectors to share an index (dtype and package version may differ).
+IDENTITY_KEYS = (
+    "model",
+    "pretrained",
+    "checkpoint_sha256",
+    "weights",
+    "init_seed",
+    "dim",
+    "preprocessing",
+    "normalized",
+)
+
+
+class EmbeddingsReadError(ValueError):
+    """An embeddings file is corrupt or truncated; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class EmbeddingFiles:
+    """A checked set of embeddings files: paths in row-id order, rows per file, dim and shared provenance."""
+
+    paths: tuple[str, ...]
+    counts: tuple[int, ...]
+    dim: int
+    provenance: dict[str, Any]
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class VectorBatch:
+    """Rows ``start .. start + len(vectors)`` (global row ids) as float32 vectors, with id columns if asked."""
+
+    start: int
+    vectors: np.ndarray
+    ids: pa.Table | None = None
+
+
+def list_embedding_files(embed_dir: str) -> list[str]:
+    """The ``embeddings/*.parquet`` files of an embed output dir (local path), sorted by name."""
+    folder = Path(embed_dir) / EMBEDDINGS_DIR
+    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    if not files:
+        raise ConfigError(f"no {EMBEDDINGS_DIR}/*.parquet under {embed_dir!r}; run the embed job first")
+    return files
+
+
+def open_embeddings(embed_dir: str) -> EmbeddingFiles:
+    """List and check an embed output dir's embeddings files (footers only, no data read)."""
+    return open_files(list_embedding_files(embed_dir))
+
+
+def open_files(paths: Sequence[str]) -> EmbeddingFiles:
+    """Check files share one provenance and dim; row counts come from the Parquet footers."""
+    if not paths:
+        raise ConfigError("no embeddings files given")
+    counts, groups, dims = [], {}, set()
+    provenance: dict[str, Any] = {}
+    for path in paths:
+        schema, rows = _footer(path)
+        prov = read_provenance(schema)
+        if prov is None:
+            raise ConfigError(
+                f"{path}: no mmembed provenance in the Parquet metadata; was it written by the embed job?"
+            )
+        for column in VECTOR_COLUMNS.values():
+            kind = schema.field(column).type if column in schema.names else None
+            if not isinstance(kind, pa.FixedSizeListType):
+                raise ConfigError(f"{path}: column {column!r} missing or not fixed_size_list; not an embeddings file")
+            dims.add(kind.list_size)
+        identity = tuple((k, json.dumps(prov.get(k), sort_keys=True)) for k in IDENTITY_KEYS)
+        groups.setdefault(identity, []).append(path)
+        provenance = provenance or prov
+        counts.append(rows)
+    if len(groups) > 1:
+        raise ConfigError(_mixed_message(groups))
+    if len(dims) > 1:
+        raise ConfigError(f"embeddings files disagree on dim {sorted(dims)}: {', '.join(paths)}")
+    return EmbeddingFiles(tuple(paths), tuple(counts), dims.pop(), provenance)
+
+
+def iter_vectors(
+    files: EmbeddingFiles, column: str, batch_size: int = 65_536, with_ids: bool = False
+) -> Iterator[VectorBatch]:
+    """Stream one vector column (float32, C-contiguous) in bounded batches, in global row-id order."""
+    start = 0
+    columns = [column, *ID_COLUMNS] if with_ids else [column]
+    for path, rows in zip(files.paths, files.counts, strict=True):
+        if rows == 0:
+            continue
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+                vectors = _to_numpy(batch.column(column), files.dim)
+                ids = pa.Table.from_batches([batch.select(list(ID_COLUMNS))]) if with_ids else None
+                yield VectorBatch(start, vectors, ids)
+                start += len(vectors)
+        except (OSError, pa.ArrowException) as exc:
+            raise _read_error(path, exc) from exc
+
+
+def iter_ids(files: EmbeddingFiles, batch_size: int = 65_536) -> Iterator[pa.Table]:
+    """Stream the id columns (key, shard, offset, caption, url) in global row-id order."""
+    for path, rows in zip(files.paths, files.counts, strict=True):
+        if rows == 0:
+            continue
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=list(ID_COLUMNS)):
+                yield pa.Table.from_batches([batch])
+        except (OSError, pa.ArrowException) as exc:
+            raise _read_error(path, exc) from exc
+
+
+def gather_rows(files: EmbeddingFiles, column: str, row_ids: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
+    """The vectors of sorted global ``row_ids`` (a seeded sample), streamed; files with no pick are skipped."""
+    row_ids = np.asarray(row_ids, dtype=np.int64)
+    if np.any(np.diff(row_ids) <= 0):
+        raise ValueError("row_ids must be sorted and unique")
+    out = np.empty((len(row_ids), files.dim), dtype=np.float32)
+    bounds = np.cumsum((0, *files.counts))
+    for i, path in enumerate(files.paths):
+        lo, hi = np.searchsorted(row_ids, [bounds[i], bounds[i + 1]])
+        if lo == hi:
+            continue
+        single = EmbeddingFiles((path,), (files.counts[i],), files.dim, files.provenance)
+        for batch in iter_vectors(single, column, batch_size):
+            first = bounds[i] + batch.start
+            a, b = np.searchsorted(row_ids, [first, first + len(batch.vectors)])
+            out[a:b] = batch.vectors[row_ids[a:b] - first]
+    return out
+
+
+def _footer(path: str) -> tuple[pa.Schema, int]:
+    try:
+        parquet = pq.ParquetFile(path)
+        return parquet.schema_arrow, parquet.metadata.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise _read_error(path, exc) from exc
+
+
+def _to_numpy(array: pa.Array, dim: int) -> np.ndarray:
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
+
+
+def _read_error(path: str, exc: Exception) -> EmbeddingsReadError:
+    return EmbeddingsReadError(
+        f"{path}: not a readable Parquet embeddings file ({exc}); it may be truncated by an interrupted job: "
+        "re-run the embed job for that shard with --overwrite, or delete the file"
+    )
+
+
+def _mixed_message(groups: dict[tuple, list[str]]) -> str:
+    parts = []
+    for identity, paths in groups.items():
+        fields = dict(identity)
+        label = ", ".join(f"{k}={fields[k]}" for k in ("model", "weights", "checkpoint_sha256", "dim"))
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        parts.append(f"[{label}]: {shown}")
+    return (
+        "embeddings come from different models or weights and cannot share one index: "
+        + "; ".join(parts)
+        + ". Re-embed with one model, or index each group separately."
+    )
