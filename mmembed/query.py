@@ -15,9 +15,7 @@ import numpy as np
 from mmembed.config import ConfigError, DecodeConfig, EncoderConfig
 from mmembed.decode import DecodeError, decode_image
 from mmembed.encoders.openclip import CaptionTokenizer, OpenClipEncoder, embedding_dim, provenance
-
-# Provenance fields that must agree between the data and the query encoder.
-IDENTITY_FIELDS = ("model", "weights", "init_seed", "dim", "preprocessing")
+from mmembed.schema import IDENTITY_KEYS, full_provenance
 
 
 def encoder_config_from_provenance(prov: dict[str, Any], device: str = "auto") -> EncoderConfig:
@@ -35,10 +33,10 @@ def encoder_config_from_provenance(prov: dict[str, Any], device: str = "auto") -
 
 def check_same_encoder(data_prov: dict[str, Any], query_config: EncoderConfig, where: str) -> None:
     """Refuse a query encoder whose model, weights, dim or preprocessing differ from the data's."""
-    query_prov = provenance(query_config)
+    query_prov = full_provenance(provenance(query_config), "float32")
     diffs = [
         f"{name}: data {data_prov.get(name)!r} vs query {query_prov.get(name)!r}"
-        for name in IDENTITY_FIELDS
+        for name in IDENTITY_KEYS
         if data_prov.get(name) != query_prov.get(name)
     ]
     if diffs:

@@ -13,6 +13,17 @@ from mmembed import __version__
 from mmembed.records import EmbeddedSample, SampleError
 
 PROVENANCE_KEY = b"mmembed.provenance"
+# Provenance fields that must agree for two embeddings to share a space (stored dtype and version may differ).
+IDENTITY_KEYS = (
+    "model",
+    "pretrained",
+    "checkpoint_sha256",
+    "weights",
+    "init_seed",
+    "dim",
+    "preprocessing",
+    "normalized",
+)
 ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 ERRORS_SCHEMA = pa.schema(

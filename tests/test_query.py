@@ -11,11 +11,12 @@ import pytest
 from mmembed.config import ConfigError, EncoderConfig
 from mmembed.encoders.openclip import CaptionTokenizer, OpenClipEncoder, provenance
 from mmembed.query import QueryEncoder, fuse
+from mmembed.schema import full_provenance
 from tests.tarmaker import jpeg_bytes
 
 
 def test_query_encoder_reproduces_the_recorded_model(tiny_config: EncoderConfig) -> None:
-    data_prov = provenance(tiny_config)
+    data_prov = full_provenance(provenance(tiny_config), "float16")
     queries = QueryEncoder.for_provenance(data_prov, "index x", device="cpu")
     reference = OpenClipEncoder.load(tiny_config)
     want = reference.embed_tokens(CaptionTokenizer(tiny_config)(["a cat", "a rocket"]))
@@ -40,7 +41,7 @@ def test_query_encoder_batches_like_one_call(tiny_config: EncoderConfig) -> None
 )
 def test_a_different_query_model_is_refused(tiny_config: EncoderConfig, override: EncoderConfig, field: str) -> None:
     with pytest.raises(ConfigError, match=f"index y was embedded by a different model.*{field}"):
-        QueryEncoder.for_provenance(provenance(tiny_config), "index y", override=override)
+        QueryEncoder.for_provenance(full_provenance(provenance(tiny_config), "float32"), "index y", override=override)
 
 
 def test_bad_query_image_names_the_file(tiny_config: EncoderConfig, tmp_path: Path) -> None:

@@ -75,3 +75,34 @@ def evaluate_recall(
         queries, (b.vectors for b in iter_vectors(files, column, batch_size)), min(max(ks), files.count)
     )
     return evaluate_index(index, queries, truth, ks)
+
+
+# eval-index directions: (query column, database column); both search the image index.
+DIRECTIONS = {"text_to_image": "text_embedding", "image_to_image": "image_embedding"}
+
+
+def evaluate_directions(
+    image_index: faiss.Index,
+    files: EmbeddingFiles,
+    n_queries: int = 1000,
+    ks: Sequence[int] = (1, 10, 100),
+    seed: int = 0,
+    text_queries: np.ndarray | None = None,
+    batch_size: int = 65_536,
+) -> dict[str, dict]:
+    """Recall@k and queries/s of the image index for text -> image and image -> image queries.
+
+    Queries are a seeded sample of the set's own text and image embeddings, or ``text_queries``
+    (already encoded) for text -> image; the truth is exact search over the image embeddings.
+    """
+    rows = sample_rows(files.count, n_queries, seed)
+    depth = min(max(ks), files.count)
+    result = {}
+    for direction, query_column in DIRECTIONS.items():
+        if direction == "text_to_image" and text_queries is not None:
+            queries = np.ascontiguousarray(text_queries, dtype=np.float32)
+        else:
+            queries = gather_rows(files, query_column, rows, batch_size)
+        database = (b.vectors for b in iter_vectors(files, DIRECTIONS["image_to_image"], batch_size))
+        result[direction] = evaluate_index(image_index, queries, exact_search(queries, database, depth), ks)
+    return result

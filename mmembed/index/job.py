@@ -21,7 +21,6 @@ from mmembed.index.choose import IndexChoice, choose_index, estimate_memory
 from mmembed.index.config import IndexBuildConfig
 from mmembed.index.evaluate import evaluate_index, exact_search, sample_rows
 from mmembed.index.reader import (
-    IDENTITY_KEYS,
     VECTOR_COLUMNS,
     EmbeddingFiles,
     gather_rows,
@@ -42,6 +41,7 @@ from mmembed.index.store import (
     write_infos,
 )
 from mmembed.index.tune import tune
+from mmembed.schema import IDENTITY_KEYS
 
 log = logging.getLogger(__name__)
 EVAL_KS = (1, 10, 100)

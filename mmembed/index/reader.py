@@ -14,21 +14,10 @@ import pyarrow.parquet as pq
 
 from mmembed.config import ConfigError
 from mmembed.outputs import EMBEDDINGS_DIR
-from mmembed.schema import read_provenance
+from mmembed.schema import IDENTITY_KEYS, read_provenance
 
 VECTOR_COLUMNS = {"image": "image_embedding", "text": "text_embedding"}
 ID_COLUMNS = ("key", "shard", "offset", "caption", "url")
-# Provenance fields that must agree for vectors to share an index (dtype and package version may differ).
-IDENTITY_KEYS = (
-    "model",
-    "pretrained",
-    "checkpoint_sha256",
-    "weights",
-    "init_seed",
-    "dim",
-    "preprocessing",
-    "normalized",
-)
 
 
 class EmbeddingsReadError(ValueError):

@@ -1,0 +1,89 @@
+"""``make-shards``, ``embed`` and ``demo``: bring data in as WebDataset shards and embed it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mmembed.commands.output import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from pipelines.embed import add_embed_arguments
+
+    shards = sub.add_parser("make-shards", help="write WebDataset shards from images + captions")
+    source = shards.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="folder of images with sidecar <name>.txt captions (and <name>.json)")
+    source.add_argument("--manifest", help="CSV or Parquet manifest: image path, caption, extra columns")
+    shards.add_argument("--image-column", default="image")
+    shards.add_argument("--caption-column", default="caption")
+    shards.add_argument("--image-root", help="folder that relative manifest image paths are under")
+    shards.add_argument("--key-column", help="manifest column holding unique sample keys (default: row numbers)")
+    shards.add_argument("--out", required=True)
+    shards.add_argument("--samples-per-shard", type=int, default=1000)
+    shards.add_argument("--pattern", default="%05d.tar", help="shard file name pattern")
+    shards.set_defaults(handler=make_shards)
+
+    embed_parser = sub.add_parser(
+        "embed", help="embed WebDataset shards with OpenCLIP (Beam job; unknown options go to Beam)"
+    )
+    add_embed_arguments(embed_parser)
+    embed_parser.set_defaults(handler=embed, passes_unknown=True)
+
+    demo_parser = sub.add_parser("demo", help="offline end-to-end demo on photos that scikit-image ships")
+    demo_parser.add_argument("--out", default="demo")
+    demo_parser.add_argument("--model", default="mmembed-tiny")
+    demo_parser.set_defaults(handler=demo, passes_unknown=True)
+
+
+def make_shards(args: argparse.Namespace, extra: list[str]) -> int:
+    from mmembed.makeshards import ShardSpec, samples_from_folder, samples_from_manifest, write_shards
+
+    spec = ShardSpec(out=args.out, samples_per_shard=args.samples_per_shard, pattern=args.pattern)
+    if args.manifest:
+        image_root = Path(args.image_root) if args.image_root else None
+        samples = samples_from_manifest(
+            Path(args.manifest), args.image_column, args.caption_column, image_root, args.key_column
+        )
+    else:
+        samples = samples_from_folder(Path(args.images))
+    result = write_shards(samples, spec)
+    missing = result.pop("missing_images")
+    print_json({**result, "missing_images": len(missing), "missing_examples": missing[:20]})
+    return 0
+
+
+def embed(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.embed import config_from_args, run_job
+
+    print_summary(run_job(config_from_args(args), extra))
+    return 0
+
+
+def demo(args: argparse.Namespace, extra: list[str]) -> int:
+    """Photos -> shards -> embeddings with the default offline model, all under ``--out``."""
+    from mmembed.config import EmbedJobConfig, EncoderConfig
+    from mmembed.demo import write_demo_images
+    from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
+    from pipelines.embed import run_job
+
+    out = Path(args.out)
+    count = write_demo_images(out / "photos")
+    shards = write_shards(samples_from_folder(out / "photos"), ShardSpec(out=str(out / "shards"), samples_per_shard=20))
+    logging.info("demo: %d photos -> %d shards", count, len(shards["shards"]))
+    config = EmbedJobConfig(
+        shards=(str(out / "shards" / "*.tar"),),
+        out=str(out / "emb"),
+        encoder=EncoderConfig(model=args.model, batch_size=16),
+        overwrite=True,
+    )
+    print_summary(run_job(config, extra))
+    emb = out / "emb"
+    print(f"embeddings: {emb / 'embeddings'}  errors: {emb / 'errors'}  summary: {emb / 'summary.json'}")
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    """The job summary without the (long) provenance block; summary.json on disk has it all."""
+    print_json({k: v for k, v in summary.items() if k != "provenance"})

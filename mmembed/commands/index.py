@@ -1,0 +1,95 @@
+"""``index`` and ``eval-index``: build FAISS indexes over embed outputs and measure their recall."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmembed.commands.output import format_table, print_json
+from mmembed.config import DEVICES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from mmembed.index.choose import FAMILIES
+
+    build = sub.add_parser("index", help="build image and text FAISS indexes from an embed job's output")
+    build.add_argument("--embeddings", required=True, help="the embed job's --out dir (holds embeddings/*.parquet)")
+    build.add_argument("--out", required=True, help="index dir to write")
+    build.add_argument("--max-index-memory", default="4G", help="RAM budget of one index, e.g. 4G, 512M")
+    build.add_argument("--recall-target", type=float, default=0.95, help="tune search params to this recall@10")
+    build.add_argument("--family", default="auto", choices=FAMILIES, help="force an index family")
+    build.add_argument("--index-key", help="a faiss factory string instead of the automatic choice")
+    build.add_argument("--device", default="auto", choices=DEVICES, help="faiss-gpu for training when available")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    build.add_argument("--append", action="store_true", help="add new embeddings files to an existing index")
+    build.set_defaults(handler=index)
+
+    evaluate = sub.add_parser("eval-index", help="recall@1/10/100 and queries/s of an index vs exact search")
+    evaluate.add_argument("--index", required=True, help="index dir")
+    evaluate.add_argument("--embeddings", help="embed output dir (default: the files recorded in infos.json)")
+    evaluate.add_argument("--queries", type=int, default=1000, help="how many of the set's own vectors to query")
+    evaluate.add_argument("--queries-file", help="text queries, one per line, for text -> image")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default="auto", choices=DEVICES, help="query encoder device")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=eval_index)
+
+
+def index(args: argparse.Namespace, extra: list[str]) -> int:
+    from mmembed.index import IndexBuildConfig, append, build_index
+    from mmembed.index.reader import list_embedding_files
+    from mmembed.index.store import read_infos
+
+    if args.append:
+        indexed = {Path(s["path"]).name for s in read_infos(args.out)["sources"]["files"]}
+        new = [f for f in list_embedding_files(args.embeddings) if Path(f).name not in indexed]
+        if not new:
+            print_json({"appended_rows": 0, "message": f"no new embeddings files under {args.embeddings}"})
+            return 0
+        infos = append(args.out, new)
+    else:
+        config = IndexBuildConfig(
+            embeddings_dir=args.embeddings,
+            out_dir=args.out,
+            max_index_memory=args.max_index_memory,
+            recall_target=args.recall_target,
+            device=args.device,
+            family=args.family,
+            index_key=args.index_key,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+        infos = build_index(config)
+    print_json({k: infos[k] for k in ("count", "dim", "index_key", "build_seconds", "peak_memory_bytes") if k in infos})
+    return 0
+
+
+def eval_index(args: argparse.Namespace, extra: list[str]) -> int:
+    from mmembed.index import load_index
+    from mmembed.index.evaluate import evaluate_directions
+    from mmembed.index.reader import open_embeddings, open_files
+    from mmembed.query import QueryEncoder
+
+    loaded = load_index(args.index)
+    if args.embeddings:
+        files = open_embeddings(args.embeddings)
+    else:
+        files = open_files([s["path"] for s in loaded.infos["sources"]["files"]])
+    text_queries = None
+    if args.queries_file:
+        lines = [line.strip() for line in Path(args.queries_file).read_text(encoding="utf-8").splitlines()]
+        where = f"index {args.index}"
+        encoder = QueryEncoder.for_provenance(loaded.infos["provenance"], where, device=args.device)
+        text_queries = encoder.encode_texts([line for line in lines if line])
+    result = evaluate_directions(loaded.image.index, files, args.queries, seed=args.seed, text_queries=text_queries)
+    result["index_key"] = loaded.infos["index_key"]
+    result["count"] = loaded.infos["count"]
+    if args.json:
+        print_json(result)
+    else:
+        rows = [{"direction": d, **m} for d, m in result.items() if isinstance(m, dict)]
+        columns = ["direction", "recall@1", "recall@10", "recall@100", "queries", "queries_per_second"]
+        print(f"{result['index_key']} over {result['count']} vectors")
+        print(format_table(rows, columns))
+    return 0
