@@ -36,6 +36,9 @@ DEMO_PHOTOS: dict[str, str] = {
     "colorwheel": "a colour wheel with all hues",
 }
 
+# Example text queries the demo runs against its index.
+DEMO_QUERIES = ("an orange cat", "a rocket launch")
+
 VARIANTS = ("original", "flipped", "cropped", "small")
 
 

@@ -58,3 +58,11 @@ def test_cuda_without_cuda_fails_before_any_work(tmp_path: Path, capsys: pytest.
     code = main(["embed", "--shards", str(tmp_path / "s" / "*.tar"), "--out", str(tmp_path / "o"), "--device", "cuda"])
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "o" / "embeddings").exists()
+
+
+def test_demo_runs_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "emb" / "summary.json").read_text())
+    assert summary["embedded"] == summary["samples_in"] == 76 and summary["errors"] == 0
+    assert (tmp_path / "index" / "infos.json").is_file() and "search: 'an orange cat'" in out

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mmembed.commands.output import print_json
+from mmembed.commands.output import format_table, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,10 +62,12 @@ def embed(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def demo(args: argparse.Namespace, extra: list[str]) -> int:
-    """Photos -> shards -> embeddings with the default offline model, all under ``--out``."""
+    """Photos -> shards -> embeddings -> index -> example searches, offline, all under ``--out``."""
     from mmembed.config import EmbedJobConfig, EncoderConfig
-    from mmembed.demo import write_demo_images
+    from mmembed.demo import DEMO_QUERIES, write_demo_images
+    from mmembed.index import IndexBuildConfig, build_index
     from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
+    from mmembed.search import Searcher
     from pipelines.embed import run_job
 
     out = Path(args.out)
@@ -81,6 +83,14 @@ def demo(args: argparse.Namespace, extra: list[str]) -> int:
     print_summary(run_job(config, extra))
     emb = out / "emb"
     print(f"embeddings: {emb / 'embeddings'}  errors: {emb / 'errors'}  summary: {emb / 'summary.json'}")
+
+    index_dir = out / "index"
+    build_index(IndexBuildConfig(embeddings_dir=str(emb), out_dir=str(index_dir), overwrite=True))
+    searcher = Searcher.from_dir(index_dir)
+    for query in DEMO_QUERIES:
+        hits = [hit.to_dict() for hit in searcher.search_text(query, k=3)[0]]
+        print(f"\nsearch: {query!r}\n{format_table(hits, ['rank', 'score', 'key', 'caption'])}")
+    print(f"\nindex: {index_dir}  try: .venv/bin/mmembed search 'a cat' --index {index_dir}")
     return 0
 
 
