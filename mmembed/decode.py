@@ -8,6 +8,8 @@ import json
 import warnings
 from typing import Any
 
+import imagehash
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmembed.config import DecodeConfig
@@ -57,6 +59,11 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise DecodeError("image_too_large", f"decompression-bomb guard: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError("bad_image", f"not a decodable image ({exc}); {FIX_IMAGE}") from None
+
+
+def perceptual_hash(image: Image.Image) -> bytes:
+    """64-bit DCT perceptual hash (imagehash.phash) as 8 bytes: near-identical after re-encode or resize."""
+    return np.packbits(imagehash.phash(image).hash.ravel()).tobytes()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -135,6 +142,7 @@ def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | Sampl
         width=image.width,
         height=image.height,
         sha256=hashlib.sha256(image_bytes).hexdigest(),
+        phash=perceptual_hash(image),
     )
 
 

@@ -23,6 +23,7 @@ def sample_row(sample: DecodedSample) -> dict:
         "width": sample.width,
         "height": sample.height,
         "sha256": sample.sha256,
+        "phash": sample.phash,
     }
 
 

@@ -55,6 +55,7 @@ class DecodedSample:
     width: int
     height: int
     sha256: str
+    phash: bytes  # 64-bit perceptual hash of the decoded image
 
     @property
     def url(self) -> str | None:
@@ -66,7 +67,7 @@ class DecodedSample:
 class ModelInput:
     """Compact, model-ready arrays for one sample (uint8 pixels, int tokens) plus its row fields."""
 
-    row: dict[str, Any]  # key, shard, offset, caption, metadata, url, width, height, sha256
+    row: dict[str, Any]  # key, shard, offset, caption, metadata, url, width, height, sha256, phash
     pixels: np.ndarray  # uint8, H x W x 3, already resized and cropped for the model
     tokens: np.ndarray  # int64, context_length
 

@@ -13,6 +13,7 @@ from mmembed import __version__
 from mmembed.records import EmbeddedSample, SampleError
 
 PROVENANCE_KEY = b"mmembed.provenance"
+PHASH_BYTES = 8
 # Provenance fields that must agree for two embeddings to share a space (stored dtype and version may differ).
 IDENTITY_KEYS = (
     "model",
@@ -52,6 +53,7 @@ def embeddings_schema(dim: int, dtype: str, provenance: dict[str, Any] | None = 
             pa.field("width", pa.int32(), nullable=False),
             pa.field("height", pa.int32(), nullable=False),
             pa.field("sha256", pa.string(), nullable=False),  # of the image member's bytes
+            pa.field("phash", pa.binary(PHASH_BYTES), nullable=False),  # 64-bit perceptual hash (imagehash.phash)
             pa.field("image_embedding", vector, nullable=False),
             pa.field("text_embedding", vector, nullable=False),
             pa.field("similarity", pa.float32(), nullable=False),  # cosine(image, text)
@@ -78,7 +80,7 @@ def embeddings_table(samples: Sequence[EmbeddedSample], schema: pa.Schema) -> pa
     np_dtype = np.float16 if schema.field("image_embedding").type.value_type == pa.float16() else np.float32
     columns: dict[str, Any] = {
         name: [s.row[name] for s in samples]
-        for name in ("key", "shard", "offset", "caption", "metadata", "url", "width", "height", "sha256")
+        for name in ("key", "shard", "offset", "caption", "metadata", "url", "width", "height", "sha256", "phash")
     }
     for name in ("image_embedding", "text_embedding"):
         flat = np.concatenate([getattr(s, name) for s in samples]) if samples else np.zeros(0)

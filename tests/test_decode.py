@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mmembed.config import DecodeConfig
-from mmembed.decode import DecodeError, decode_caption, decode_image, decode_metadata, decode_sample
+from mmembed.decode import DecodeError, decode_caption, decode_image, decode_metadata, decode_sample, perceptual_hash
 from mmembed.records import DecodedSample, RawSample, SampleError
 from tests.tarmaker import image_bytes, jpeg_bytes
 
@@ -123,3 +123,18 @@ def test_decode_sample_errors_name_shard_member_and_fix(members: dict, code: str
 def test_custom_caption_key() -> None:
     decoded = decode_sample(raw(jpg=jpeg_bytes(), caption=b"from .caption"), DecodeConfig(caption_key="caption"))
     assert isinstance(decoded, DecodedSample) and decoded.caption == "from .caption"
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    return int(np.unpackbits(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
+
+
+def test_perceptual_hash_survives_reencode_and_resize_but_not_another_photo() -> None:
+    original = decode_image(jpeg_bytes("astronaut", size=256, quality=95), LIMIT)
+    reencoded = decode_image(image_bytes(original, "JPEG", quality=30), LIMIT)
+    resized = original.resize((128, 128))
+    other = decode_image(jpeg_bytes("coffee", size=256), LIMIT)
+    base = perceptual_hash(original)
+    assert len(base) == 8
+    assert hamming(base, perceptual_hash(reencoded)) <= 4 and hamming(base, perceptual_hash(resized)) <= 4
+    assert hamming(base, perceptual_hash(other)) >= 16

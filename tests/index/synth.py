@@ -52,6 +52,7 @@ def write_shard(
                 "width": 64,
                 "height": 48,
                 "sha256": f"{i:064x}",
+                "phash": i.to_bytes(8, "big"),
             },
             image_embedding=image[i],
             text_embedding=text[i],
