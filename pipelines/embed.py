@@ -18,11 +18,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from mmembed.beam import filesystem
 from mmembed.beam.embed import NAMESPACE, EmbedShards
+from mmembed.beam.runner import make_pipeline
 from mmembed.config import (
     DEFAULT_MODEL,
     DEVICES,
@@ -108,15 +107,6 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] += value or 0
     return dict(sorted(totals.items()))
-
-
-def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
-    """A pipeline on the given Beam options; the offline in-process FnApiRunner unless --runner is set."""
-    options = PipelineOptions(beam_args)
-    options.view_as(SetupOptions).save_main_session = False
-    if options.get_all_options().get("runner"):
-        return beam.Pipeline(options=options)
-    return beam.Pipeline(runner=FnApiRunner(), options=options)
 
 
 def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:

@@ -23,7 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--overwrite", action="store_true", help="replace an existing index")
     build.add_argument("--append", action="store_true", help="add new embeddings files to an existing index")
-    build.set_defaults(handler=index)
+    build.add_argument(
+        "--sharded", action="store_true", help="fill an IVF index part by part in a Beam job, then merge on disk"
+    )
+    build.add_argument("--files-per-part", type=int, default=1, help="with --sharded: embeddings files per part")
+    build.set_defaults(handler=index, passes_unknown=True)
 
     evaluate = sub.add_parser("eval-index", help="recall@1/10/100 and queries/s of an index vs exact search")
     evaluate.add_argument("--index", required=True, help="index dir")
@@ -41,6 +45,8 @@ def index(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.index.reader import list_embedding_files
     from mmembed.index.store import read_infos
 
+    if extra and not args.sharded:
+        raise ValueError(f"unrecognized arguments: {' '.join(extra)} (Beam options apply with --sharded only)")
     if args.append:
         indexed = {Path(s["path"]).name for s in read_infos(args.out)["sources"]["files"]}
         new = [f for f in list_embedding_files(args.embeddings) if Path(f).name not in indexed]
@@ -60,7 +66,13 @@ def index(args: argparse.Namespace, extra: list[str]) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
         )
-        infos = build_index(config)
+        if args.sharded:
+            from mmembed.index.sharded import ShardedBuildConfig, build_sharded
+            from pipelines.build_index import beam_runner
+
+            infos = build_sharded(ShardedBuildConfig(config, args.files_per_part), beam_runner(extra))
+        else:
+            infos = build_index(config)
     print_json({k: infos[k] for k in ("count", "dim", "index_key", "build_seconds", "peak_memory_bytes") if k in infos})
     return 0
 

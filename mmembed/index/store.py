@@ -58,13 +58,30 @@ def read_index(path: str | Path, mmap: bool = True) -> faiss.Index:
     """Load an index; with ``mmap`` IVF lists (or flat/HNSW vectors) stay on disk, mapped read-only."""
     if not Path(path).is_file():
         raise ConfigError(f"{path}: index file missing; build the index first (or the build did not finish)")
-    if not mmap:
-        return faiss.read_index(str(path))
+    if not mmap:  # a separate .ivfdata is opened read-write from beside the .index file
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
     with open(path, "rb") as f:
         fourcc = f.read(4)
     # Flat / HNSW: map the stored vectors; anything else (IVF): map the inverted lists from the .index file.
     flag = faiss.IO_FLAG_MMAP_IFC if fourcc in _FLAT_CODES_FOURCC else faiss.IO_FLAG_MMAP
-    return faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)
+    return _map_ondisk_lists(faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY), Path(path))
+
+
+def _map_ondisk_lists(index: faiss.Index, path: Path) -> faiss.Index:
+    """Map the separate ``.ivfdata`` file of a merged (sharded) IVF index, which faiss leaves unmapped under
+    IO_FLAG_MMAP; like IO_FLAG_ONDISK_SAME_DIR it is taken from beside the .index file, so the dir can move."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return index
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if isinstance(lists, faiss.OnDiskInvertedLists) and lists.ptr is None and lists.totsize > 0:
+        data = path.parent / Path(lists.filename).name
+        if not data.is_file():
+            raise ConfigError(f"{data}: inverted lists file of {path} missing; keep it beside the .index file")
+        lists.filename = str(data)
+        lists.do_mmap()
+    return index
 
 
 def write_ids(path: str | Path, tables: Iterable[pa.Table], start: int = 0, keep_from: str | Path | None = None) -> int:
