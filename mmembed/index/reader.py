@@ -106,7 +106,7 @@ def iter_vectors(
                 yield VectorBatch(start, vectors, ids)
                 start += len(vectors)
         except (OSError, pa.ArrowException) as exc:
-            raise _read_error(path, exc) from exc
+            raise read_error(path, exc) from exc
 
 
 def iter_ids(files: EmbeddingFiles, batch_size: int = 65_536) -> Iterator[pa.Table]:
@@ -118,7 +118,7 @@ def iter_ids(files: EmbeddingFiles, batch_size: int = 65_536) -> Iterator[pa.Tab
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=list(ID_COLUMNS)):
                 yield pa.Table.from_batches([batch])
         except (OSError, pa.ArrowException) as exc:
-            raise _read_error(path, exc) from exc
+            raise read_error(path, exc) from exc
 
 
 def gather_rows(files: EmbeddingFiles, column: str, row_ids: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
@@ -145,7 +145,7 @@ def _footer(path: str) -> tuple[pa.Schema, int]:
         parquet = pq.ParquetFile(path)
         return parquet.schema_arrow, parquet.metadata.num_rows
     except (OSError, pa.ArrowException) as exc:
-        raise _read_error(path, exc) from exc
+        raise read_error(path, exc) from exc
 
 
 def _to_numpy(array: pa.Array, dim: int) -> np.ndarray:
@@ -153,7 +153,7 @@ def _to_numpy(array: pa.Array, dim: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
 
 
-def _read_error(path: str, exc: Exception) -> EmbeddingsReadError:
+def read_error(path: str, exc: Exception) -> EmbeddingsReadError:
     return EmbeddingsReadError(
         f"{path}: not a readable Parquet embeddings file ({exc}); it may be truncated by an interrupted job: "
         "re-run the embed job for that shard with --overwrite, or delete the file"

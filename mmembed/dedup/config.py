@@ -1,0 +1,126 @@
+"""DedupConfig: every option of a dedup run as one validated, frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmembed.config import DEVICES, ConfigError
+
+METHODS = ("exact", "perceptual", "semantic")
+KEEP_POLICIES = ("similarity", "resolution", "first", "semdedup-hard", "semdedup-easy")
+PHASH_BITS = 64
+# pHash bits two images may differ in and still be near-duplicates. On scikit-image's photos a JPEG re-encode
+# at quality 30 or a 50% resize moves 0-4 bits and a crop of 2% per side 0-8, while the 171 pairs of distinct
+# photos sit 20-34 bits apart; 8 keeps a margin both ways (random 64-bit hashes collide at <= 8 with p ~ 3e-10).
+DEFAULT_PHASH_THRESHOLD = 8
+# SemDeDup (arXiv 2303.09540) tunes eps to a target pruning fraction and publishes no universal value;
+# cosine > 0.95 between CLIP image embeddings is a conservative "same picture" level. Tune it with the histogram.
+DEFAULT_EPS = 0.05
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """The semantic method's knobs (see DedupConfig); ``device`` 'cuda' runs k-means and searches on GPU."""
+
+    eps: float = DEFAULT_EPS
+    n_clusters: int | None = None
+    max_cluster_size: int = 10_000
+    sample_size: int = 200_000
+    kmeans_iterations: int = 20
+    block_size: int = 2048
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps < 1:
+            raise ConfigError(f"eps must be in (0, 1) (duplicates have cosine > 1 - eps), got {self.eps}")
+        if self.n_clusters is not None and self.n_clusters < 1:
+            raise ConfigError(f"n_clusters must be >= 1 or None for ~sqrt(rows), got {self.n_clusters}")
+        if self.max_cluster_size < 2:
+            raise ConfigError(f"max_cluster_size must be >= 2, got {self.max_cluster_size}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {DEVICES}")
+        for name in ("sample_size", "kmeans_iterations", "block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def threshold(self) -> float:
+        """The cosine a semantic duplicate pair must exceed."""
+        return 1.0 - self.eps
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Find duplicate groups in one embed output dir and write the keep list into ``out_dir`` (local paths).
+
+    methods: any of 'exact' (same sha256 of the image bytes), 'perceptual' (pHash within ``phash_threshold``
+    bits), 'semantic' (SemDeDup: image-embedding cosine > 1 - ``eps`` inside k-means clusters).
+    keep: which member of a group survives: 'similarity' (best image-text cosine), 'resolution' (most pixels),
+    'first' (smallest (shard, key)), 'semdedup-hard' / 'semdedup-easy' (farthest from / closest to its
+    cluster centroid; needs 'semantic'). Ties go to the smallest (shard, key).
+    n_clusters: k-means clusters, None for ~sqrt(rows); clusters above ``max_cluster_size`` are split again.
+    sample_size: k-means trains on this many seeded rows. recall_queries: rows whose exact all-pairs
+    neighbours measure what clustering misses (0 skips it). block_size: tile side of in-cluster comparisons.
+    """
+
+    embeddings_dir: str
+    out_dir: str
+    methods: tuple[str, ...] = METHODS
+    keep: str = "similarity"
+    phash_threshold: int = DEFAULT_PHASH_THRESHOLD
+    eps: float = DEFAULT_EPS
+    n_clusters: int | None = None
+    max_cluster_size: int = 10_000
+    sample_size: int = 200_000
+    kmeans_iterations: int = 20
+    recall_queries: int = 1000
+    block_size: int = 2048
+    batch_size: int = 65_536
+    seed: int = 0
+    device: str = "auto"
+    work_dir: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))  # YAML and CLI give lists
+        if not self.embeddings_dir or not self.out_dir:
+            raise ConfigError("give both embeddings_dir (an embed job's --out) and out_dir (where dedup results go)")
+        for name in ("embeddings_dir", "out_dir"):
+            if "://" in getattr(self, name):
+                raise ConfigError(
+                    f"{name} {getattr(self, name)!r}: the single-machine dedup reads and writes local "
+                    "paths; copy the files locally or run the Beam dedup pipeline"
+                )
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods {list(self.methods)} must be distinct, non-empty and from {METHODS}")
+        if self.keep not in KEEP_POLICIES:
+            raise ConfigError(f"keep policy {self.keep!r} is not one of {KEEP_POLICIES}")
+        if self.keep.startswith("semdedup") and "semantic" not in self.methods:
+            raise ConfigError(f"keep={self.keep!r} ranks by distance to a k-means centroid: add 'semantic' to methods")
+        if not 0 <= self.phash_threshold < PHASH_BITS // 2:
+            raise ConfigError(f"phash_threshold must be in [0, {PHASH_BITS // 2}) bits, got {self.phash_threshold}")
+        self.semantic(self.device)  # validates the semantic fields
+        if self.recall_queries < 0:
+            raise ConfigError(f"recall_queries must be >= 0, got {self.recall_queries}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def semantic(self, device: str) -> SemanticConfig:
+        """The semantic method's part of this config, on a resolved ``device``."""
+        return SemanticConfig(
+            self.eps,
+            self.n_clusters,
+            self.max_cluster_size,
+            self.sample_size,
+            self.kmeans_iterations,
+            self.block_size,
+            self.seed,
+            device,
+        )
+
+    @property
+    def threshold(self) -> float:
+        """The cosine a semantic duplicate pair must exceed."""
+        return 1.0 - self.eps

@@ -1,0 +1,210 @@
+"""Single-machine dedup of one embed output dir: exact, perceptual and semantic links -> groups -> keep list.
+
+Memory: the small per-row columns (ids, hashes, keep inputs) plus a few numbers per row; vectors go once from
+Parquet into a local memmap (``work_dir``, removed afterwards) and are read back one cluster at a time.
+Every output is written atomically and summary.json last, so its presence marks a complete run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmembed.config import ConfigError
+from mmembed.dedup import exact, perceptual, semantic
+from mmembed.dedup.columns import numeric, read_columns
+from mmembed.dedup.config import DedupConfig
+from mmembed.dedup.groups import (
+    Groups,
+    build_groups,
+    choose_kept,
+    keep_score,
+    kept_mask,
+    method_counts,
+    similarity_to_kept,
+    sort_rank,
+)
+from mmembed.dedup.links import Links
+from mmembed.dedup.outputs import (
+    DUPLICATES_FILE,
+    HISTOGRAM_FILE,
+    KEEP_FILE,
+    OUTPUT_FILES,
+    SUMMARY_FILE,
+    duplicates_table,
+    keep_table,
+    write_histogram,
+    write_parquet,
+    write_summary,
+)
+from mmembed.dedup.store import VectorStore
+from mmembed.index.build import resolve_device
+from mmembed.index.evaluate import sample_rows
+from mmembed.index.reader import EmbeddingFiles, gather_rows, iter_vectors, open_embeddings
+
+log = logging.getLogger(__name__)
+VECTORS = "image_embedding"
+GATHER_CHUNK = 131_072  # members per similarity_to_kept fetch: <= 2 x this many vectors in memory (0.5 GB at 512-d)
+
+
+def run_dedup(config: DedupConfig) -> dict[str, Any]:
+    """Find duplicate groups with ``config.methods``, keep one per group, write the outputs; returns the summary."""
+    began = time.perf_counter()
+    device = resolve_device(config.device) if "semantic" in config.methods else "cpu"
+    files = open_embeddings(config.embeddings_dir)
+    out = _prepare_out(config)
+    columns = read_columns(files, batch_size=config.batch_size)
+    count = files.count
+    rank = sort_rank(columns["shard"], columns["key"])
+    links: list[Links] = []
+    if "exact" in config.methods:
+        links.append(exact.exact_links(columns["sha256"]))
+    if "perceptual" in config.methods:
+        links.append(perceptual.perceptual_links(perceptual.phash_codes(columns["phash"]), config.phash_threshold))
+    log.info("dedup of %d rows: %s", count, ", ".join(f"{x.method} {x.pairs} pairs" for x in links) or "no hash pass")
+    with tempfile.TemporaryDirectory(prefix="dedup-work-", dir=config.work_dir or out) as work:
+        store = VectorStore(work, count, files.dim) if "semantic" in config.methods and count else None
+        sem = None
+        if store is not None:
+            sem = semantic_pass(files, store, config, device, links[0] if "exact" in config.methods else None)
+            links.append(sem.links)
+        groups = build_groups(count, links, rank)
+        score = keep_score(
+            config.keep,
+            rank=rank,
+            similarity=numeric(columns, "similarity"),
+            width=numeric(columns, "width"),
+            height=numeric(columns, "height"),
+            centroid_similarity=sem.centroid_similarity if sem else np.full(count, np.nan, dtype=np.float32),
+        )
+        kept = choose_kept(groups, score, rank)
+        vectors_of = store.take if store is not None else _gatherer(files, config.batch_size)
+        similarity = similarity_to_kept(groups, kept, vectors_of, GATHER_CHUNK)
+        histogram = (
+            write_histogram(out / HISTOGRAM_FILE, sem.nearest, config.eps, "within k-means clusters") if sem else None
+        )
+        if store is not None:
+            store.close()
+    keep = kept_mask(groups, kept)
+    _write_tables(out, columns, groups, keep, similarity)
+    summary = _summary(config, files, groups, keep, links, sem, histogram, device, time.perf_counter() - began)
+    write_summary(out / SUMMARY_FILE, summary)
+    log.info(
+        "dedup: %d groups, %d of %d rows removed (%.2f%%)",
+        groups.count,
+        summary["removed"],
+        count,
+        100 * summary["share_removed"],
+    )
+    return summary
+
+
+def semantic_pass(
+    files: EmbeddingFiles, store: VectorStore, config: DedupConfig, device: str, identical: Links | None = None
+) -> semantic.SemanticDuplicates:
+    """k-means on a seeded sample, every row assigned while its vector is copied to ``store`` (the one pass over
+    the Parquet vectors), then pairs per final cluster read back from the store; plus the pair recall."""
+    count, params = files.count, config.semantic(device)
+    k = min(config.n_clusters or semantic.auto_clusters(count), count)
+    train_rows = sample_rows(count, min(count, max(config.sample_size, k)), config.seed)
+    sample = gather_rows(files, VECTORS, train_rows, config.batch_size)
+    centroids = semantic.train_centroids(sample, k, config.seed, config.kmeans_iterations, device)
+    del sample
+    top = np.empty(count, dtype=np.int64)
+    for batch in iter_vectors(files, VECTORS, config.batch_size):
+        store.write(batch.start, batch.vectors)
+        top[batch.start : batch.start + len(batch.vectors)], _ = semantic.assign(batch.vectors, centroids, device)
+    found = semantic.deduplicate_clusters(store.take, top, centroids, params, identical)
+    found.stats.update(device=device, **_recall(store, found.clusters, config, device))
+    return found
+
+
+def _recall(store: VectorStore, clusters: np.ndarray, config: DedupConfig, device: str) -> dict[str, Any]:
+    """Pair recall of the clustered search vs exact range search over all rows, for a seeded sample of rows."""
+    if config.recall_queries == 0 or store.count == 0:
+        return {"pair_recall": None}
+    rows = sample_rows(store.count, min(store.count, config.recall_queries), config.seed + 1)
+    left, right = semantic.range_pairs(
+        store.take(rows), rows, store.blocks(config.batch_size), config.threshold, device
+    )
+    recall = semantic.pair_recall(clusters, left, right)
+    log.info("semantic pair recall %.4f over %d true pairs of %d sampled rows", recall, len(left), len(rows))
+    return {"pair_recall": round(recall, 6), "recall_queries": len(rows), "recall_true_pairs": len(left)}
+
+
+def _gatherer(files: EmbeddingFiles, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Vectors of sorted rows straight from Parquet (one pass over the files holding them per call)."""
+    return lambda rows: gather_rows(files, VECTORS, rows, batch_size)
+
+
+def _prepare_out(config: DedupConfig) -> Path:
+    out = Path(config.out_dir)
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not config.overwrite:
+        raise ConfigError(
+            f"{out} already holds dedup outputs ({', '.join(existing)}); pass overwrite=True "
+            "(--overwrite) to replace them, or choose another out dir"
+        )
+    for name in existing:  # a re-run must not leave a stale file the new methods do not write (the histogram)
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if config.work_dir:
+        Path(config.work_dir).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_tables(out: Path, columns: pa.Table, groups: Groups, keep: np.ndarray, similarity: np.ndarray) -> None:
+    members = groups.members
+    key, shard = columns["key"], columns["shard"]
+    table = duplicates_table(
+        key, shard, members, groups.group[members], keep[members], groups.methods[members], similarity
+    )
+    write_parquet(out / DUPLICATES_FILE, table)
+    write_parquet(out / KEEP_FILE, keep_table(key, shard, keep))
+
+
+def _summary(
+    config: DedupConfig,
+    files: EmbeddingFiles,
+    groups: Groups,
+    keep: np.ndarray,
+    links: list[Links],
+    sem: semantic.SemanticDuplicates | None,
+    histogram: dict[str, Any] | None,
+    device: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """Counts that reconcile: samples = kept + removed; duplicates = groups + removed."""
+    count, removed = len(keep), int(np.count_nonzero(~keep))
+    by_method = method_counts(groups, ~keep, config.methods)
+    for link in links:
+        by_method[link.method].update(pairs=int(link.pairs), links=len(link))
+    summary: dict[str, Any] = {
+        "samples": count,
+        "groups": groups.count,
+        "duplicates": len(groups.members),
+        "removed": removed,
+        "kept": count - removed,
+        "share_removed": round(removed / count, 6) if count else 0.0,
+        "keep_policy": config.keep,
+        "methods": by_method,
+        "embeddings_files": len(files.paths),
+        "model": files.provenance.get("model"),
+        "outputs": {"duplicates": DUPLICATES_FILE, "keep": KEEP_FILE, "histogram": histogram},
+        "device": device,
+        "seconds": round(seconds, 3),
+        "config": dataclasses.asdict(config),
+    }
+    if "perceptual" in config.methods:
+        summary["perceptual"] = {"threshold_bits": config.phash_threshold, "bands": config.phash_threshold + 1}
+    if sem is not None:
+        summary["semantic"] = sem.stats
+    return summary
