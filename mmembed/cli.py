@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from mmembed.commands import embed, index, search
+from mmembed.commands import dedup, embed, index, search
 from mmembed.config import ConfigError
 
-COMMAND_MODULES = (embed, index, search)
+COMMAND_MODULES = (embed, index, search, dedup)
 
 
 def build_parser() -> argparse.ArgumentParser:

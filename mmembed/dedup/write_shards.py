@@ -1,0 +1,70 @@
+"""Write deduplicated WebDataset shards: every kept sample's members copied byte for byte, shard by shard.
+
+Input shards are matched to the keep list by shard name (``mmembed.shards.shard_name``); output shards keep
+the input names, so ``embeddings/<shard>.parquet`` and ``<out>/<shard>.tar`` line up.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mmembed.config import ConfigError
+from mmembed.outputs import join
+from mmembed.records import RawSample
+from mmembed.shards import iter_shard_samples, shard_name
+
+
+def kept_keys_by_shard(keep_file: str | Path) -> dict[str, set[str]]:
+    """shard name -> keys kept there, from ``keep.parquet``."""
+    table = pq.read_table(keep_file, columns=["shard", "key"])
+    kept: dict[str, set[str]] = defaultdict(set)
+    for shard, key in zip(table["shard"].to_pylist(), table["key"].to_pylist(), strict=True):
+        kept[shard].add(key)
+    return kept
+
+
+def write_deduplicated_shards(
+    shard_urls: Iterable[str], keep_file: str | Path, out_dir: str | Path, image_extensions: tuple[str, ...]
+) -> dict[str, Any]:
+    """Copy the kept samples of each input shard into ``out_dir/<shard>.tar``; returns counts per shard."""
+    kept = kept_keys_by_shard(keep_file)
+    urls = {shard_name(url): url for url in shard_urls}
+    missing = sorted(set(kept) - set(urls))
+    if missing:
+        raise ConfigError(
+            f"keep list names shards {missing[:5]} that are not among --shards; fix: pass the shards that were embedded"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in sorted(kept):
+        written[name] = _copy_kept(urls[name], kept[name], out / f"{name}.tar", image_extensions)
+    return {"shards": len(written), "samples": sum(written.values()), "per_shard": written}
+
+
+def _copy_kept(url: str, keys: set[str], target: Path, image_extensions: tuple[str, ...]) -> int:
+    """Stream ``url`` and write the samples whose key is in ``keys`` (atomically); returns how many."""
+    from mmembed.beam.filesystem import open_read, write_atomic
+
+    count = 0
+
+    def write(f: Any) -> None:
+        nonlocal count
+        with open_read(url) as stream, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for item in iter_shard_samples(stream, shard_name(url), image_extensions):
+                if isinstance(item, RawSample) and item.key in keys:
+                    for ext, data in item.members.items():
+                        info = tarfile.TarInfo(f"{item.key}.{ext}")
+                        info.size, info.mtime = len(data), 0
+                        tar.addfile(info, io.BytesIO(data))
+                    count += 1
+
+    write_atomic(join(str(target.parent), target.name), write)
+    return count
