@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class EncoderConfig:
     precision: str = "auto"
     batch_size: int = 64
     seed: int = 0
+    torch_threads: int | None = None  # CPU inference threads; None keeps torch's default
 
     def __post_init__(self) -> None:
         if self.pretrained and self.checkpoint:
@@ -44,6 +46,8 @@ class EncoderConfig:
             raise ConfigError(f"device {self.device!r} is not one of {DEVICES}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch threads must be >= 1, got {self.torch_threads}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.checkpoint and not Path(self.checkpoint).is_file():
@@ -61,10 +65,13 @@ class DecodeConfig:
     caption_key: str = "txt"
     metadata_key: str = "json"
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # decode/resize threads per worker
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1:
             raise ConfigError("max_image_pixels must be >= 1")
+        if self.threads < 1:
+            raise ConfigError(f"decode threads must be >= 1, got {self.threads}")
         if not self.image_extensions:
             raise ConfigError("image_extensions must name at least one extension")
 

@@ -52,6 +52,8 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="init seed for models without weights")
+    parser.add_argument("--torch-threads", type=int, help="CPU inference threads (default: torch's choice)")
+    parser.add_argument("--decode-threads", type=int, help="decode/resize threads per worker (default: min(4, cores))")
     parser.add_argument("--output-dtype", default="float32", choices=OUTPUT_DTYPES)
     parser.add_argument("--caption-key", default="txt", help="tar member extension that holds the caption")
     parser.add_argument("--max-image-pixels", type=int, default=DecodeConfig.max_image_pixels)
@@ -70,8 +72,13 @@ def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
             precision=args.precision,
             batch_size=args.batch_size,
             seed=args.seed,
+            torch_threads=args.torch_threads,
         ),
-        decode=DecodeConfig(caption_key=args.caption_key, max_image_pixels=args.max_image_pixels),
+        decode=DecodeConfig(
+            caption_key=args.caption_key,
+            max_image_pixels=args.max_image_pixels,
+            **({"threads": args.decode_threads} if args.decode_threads else {}),
+        ),
         output_dtype=args.output_dtype,
         overwrite=args.overwrite,
     )

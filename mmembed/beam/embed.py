@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
@@ -20,6 +21,7 @@ from mmembed.config import DecodeConfig, EncoderConfig
 from mmembed.decode import decode_sample
 from mmembed.encoders.openclip import CaptionTokenizer, ImagePreprocessor, OpenClipEncoder, resolve_preprocess_cfg
 from mmembed.outputs import ShardOutputs
+from mmembed.parallel import map_ordered
 from mmembed.preprocess import prepare_sample
 from mmembed.records import STAGE_ENCODE, EmbeddedSample, ModelInput, RawSample, SampleError
 from mmembed.schema import embeddings_table, errors_table
@@ -40,54 +42,53 @@ def _count_error(error: SampleError) -> SampleError:
     return error
 
 
-class ReadAndDecodeShard(beam.DoFn):
-    """shard URL -> decoded samples (main output) and ``SampleError`` records (``errors`` output)."""
+class ReadAndPrepareShard(beam.DoFn):
+    """shard URL -> model inputs (main output) and ``SampleError`` records (``errors`` output).
 
-    def __init__(self, decode_config: DecodeConfig) -> None:
+    The tar is streamed in order; decoding, resize/crop and tokenizing run on a small thread pool
+    (Pillow releases the GIL), so they overlap with each other and with inference downstream.
+    """
+
+    def __init__(self, decode_config: DecodeConfig, encoder_config: EncoderConfig) -> None:
         self.decode_config = decode_config
+        self.encoder_config = encoder_config
+
+    def setup(self) -> None:
+        self.preprocessor = ImagePreprocessor(resolve_preprocess_cfg(self.encoder_config))
+        self.tokenizer = CaptionTokenizer(self.encoder_config)
+        self.pool = ThreadPoolExecutor(self.decode_config.threads, thread_name_prefix="mmembed-decode")
+
+    def teardown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def prepare(self, item: RawSample | SampleError) -> ModelInput | SampleError:
+        """One raw sample -> model input, or the error of the first stage that failed."""
+        if isinstance(item, SampleError):
+            return item
+        decoded = decode_sample(item, self.decode_config)
+        if isinstance(decoded, SampleError):
+            return decoded
+        return prepare_sample(decoded, self.preprocessor.to_pixels, self.tokenizer)
 
     def process(self, url: str) -> Iterator[Any]:
         shard = shard_name(url)
         try:
             stream = filesystem.open_read(url)
         except Exception as exc:  # noqa: BLE001 - a missing or unreadable shard is recorded, not fatal
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG,
-                _count_error(
-                    SampleError(
-                        shard, None, None, "shard", "unreadable_shard", f"shard {shard}: cannot open {url} ({exc})"
-                    )
-                ),
-            )
+            reason = f"shard {shard}: cannot open {url} ({exc})"
+            error = SampleError(shard, None, None, "shard", "unreadable_shard", reason)
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(error))
             return
+        window = 4 * self.decode_config.threads + self.encoder_config.batch_size
         with stream:
-            for item in iter_shard_samples(stream, shard, self.decode_config.image_extensions):
+            items = iter_shard_samples(stream, shard, self.decode_config.image_extensions)
+            for item in map_ordered(self.pool, self.prepare, items, window):
                 if not (isinstance(item, SampleError) and item.is_shard_error):
                     Metrics.counter(NAMESPACE, "samples_in").inc()
-                if isinstance(item, RawSample):
-                    item = decode_sample(item, self.decode_config)
                 if isinstance(item, SampleError):
                     yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(item))
                 else:
                     yield item
-
-
-class PrepareModelInput(beam.DoFn):
-    """Decoded sample -> uint8 pixels at the model's input size + caption tokens (CPU)."""
-
-    def __init__(self, encoder_config: EncoderConfig) -> None:
-        self.encoder_config = encoder_config
-
-    def setup(self) -> None:
-        self.preprocessor = ImagePreprocessor(resolve_preprocess_cfg(self.encoder_config))
-        self.tokenizer = CaptionTokenizer(self.encoder_config)
-
-    def process(self, sample: Any) -> Iterator[Any]:
-        prepared = prepare_sample(sample, self.preprocessor.to_pixels, self.tokenizer)
-        if isinstance(prepared, SampleError):
-            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(prepared))
-        else:
-            yield prepared
 
 
 class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedSample, OpenClipEncoder]):
@@ -190,18 +191,14 @@ class EmbedShards(beam.PTransform):
 
     def expand(self, urls: beam.PCollection) -> beam.PCollection:
         urls = urls | "SpreadShards" >> beam.Reshuffle()
-        decoded = urls | "ReadAndDecode" >> beam.ParDo(ReadAndDecodeShard(self.decode)).with_outputs(
-            ERRORS_TAG, main="samples"
-        )
-        prepared = decoded.samples | "Preprocess" >> beam.ParDo(PrepareModelInput(self.encoder)).with_outputs(
-            ERRORS_TAG, main="inputs"
-        )
+        read = ReadAndPrepareShard(self.decode, self.encoder)
+        prepared = urls | "ReadAndPrepare" >> beam.ParDo(read).with_outputs(ERRORS_TAG, main="inputs")
         inference = (
             prepared.inputs | "Encode" >> RunInference(OpenClipModelHandler(self.encoder)).with_exception_handling()
         )
         encode_errors = inference[1].failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_errors)
 
-        errors = (decoded[ERRORS_TAG], prepared[ERRORS_TAG], encode_errors) | "AllErrors" >> beam.Flatten()
+        errors = (prepared[ERRORS_TAG], encode_errors) | "AllErrors" >> beam.Flatten()
         grouped = {
             "shards": urls | "KeyShards" >> beam.Map(lambda url: (shard_name(url), url)),
             "rows": inference[0] | "KeyRows" >> beam.Map(lambda s: (s.row["shard"], s)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import uuid
 from collections.abc import Callable
@@ -47,8 +48,8 @@ def exists(url: str) -> bool:
 
 def make_dirs(url: str) -> None:
     """Create a local directory (object stores need none)."""
-    if FileSystems.get_scheme(url) is None and not FileSystems.exists(url):
-        FileSystems.mkdirs(url)
+    if FileSystems.get_scheme(url) is None:
+        os.makedirs(url, exist_ok=True)  # several writers may create it at once (multi-worker runners)
 
 
 def write_atomic(url: str, write: Callable[[IO[bytes]], None]) -> None:

@@ -206,6 +206,8 @@ class OpenClipEncoder:
     def load(cls, config: EncoderConfig) -> OpenClipEncoder:
         """Build the model and load its weights (tag, checkpoint file or local dir) on the device."""
         device = resolve_device(config.device)
+        if device == "cpu" and config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         register_bundled_configs()
         torch.manual_seed(config.seed)  # random-init models are reproducible across workers
         weights = config.pretrained or config.checkpoint
