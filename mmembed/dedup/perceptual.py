@@ -97,6 +97,24 @@ def bucket_pairs(
     return _verified(keys, rows[order], codes[order], band, threshold)
 
 
+def bucket_links(
+    row_ids: np.ndarray, codes: np.ndarray, band: int, threshold: int, counts: np.ndarray | None = None
+) -> Links:
+    """Per (band, value) bucket, as links: ``bucket_pairs`` verified, each pair in its first shared band only.
+    With ``counts``, each row stands for that many rows holding the same hash (identical hashes collapsed first,
+    as ``perceptual_links`` does; a Beam job groups by hash value, then by band), and ``pairs`` counts the row
+    pairs the links stand for."""
+    rows = np.asarray(row_ids, dtype=np.int64)
+    left, right, _ = bucket_pairs(rows, codes, band, threshold)
+    pairs = len(left)
+    if counts is not None and len(left):
+        order = np.argsort(rows, kind="stable")
+        weight = np.asarray(counts, dtype=np.int64)[order]
+        at = rows[order]
+        pairs = int((weight[np.searchsorted(at, left)] * weight[np.searchsorted(at, right)]).sum())
+    return Links(METHOD, left, right, pairs)
+
+
 def hamming_pairs(
     codes: np.ndarray, threshold: int, row_ids: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

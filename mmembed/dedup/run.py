@@ -60,10 +60,9 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
     began = time.perf_counter()
     device = resolve_device(config.device) if "semantic" in config.methods else "cpu"
     files = open_embeddings(config.embeddings_dir)
-    out = _prepare_out(config)
+    out = prepare_out(config)
     columns = read_columns(files, batch_size=config.batch_size)
     count = files.count
-    rank = sort_rank(columns["shard"], columns["key"])
     links: list[Links] = []
     if "exact" in config.methods:
         links.append(exact.exact_links(columns["sha256"]))
@@ -76,26 +75,49 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
         if store is not None:
             sem = semantic_pass(files, store, config, device, links[0] if "exact" in config.methods else None)
             links.append(sem.links)
-        groups = build_groups(count, links, rank)
-        score = keep_score(
-            config.keep,
-            rank=rank,
-            similarity=numeric(columns, "similarity"),
-            width=numeric(columns, "width"),
-            height=numeric(columns, "height"),
-            centroid_similarity=sem.centroid_similarity if sem else np.full(count, np.nan, dtype=np.float32),
-        )
-        kept = choose_kept(groups, score, rank)
         vectors_of = store.take if store is not None else _gatherer(files, config.batch_size)
-        similarity = similarity_to_kept(groups, kept, vectors_of, GATHER_CHUNK)
-        histogram = (
-            write_histogram(out / HISTOGRAM_FILE, sem.nearest, config.eps, "within k-means clusters") if sem else None
-        )
-        if store is not None:
-            store.close()
+        try:
+            return finish(config, files, out, columns, links, sem, vectors_of, device, began)
+        finally:
+            if store is not None:
+                store.close()
+
+
+def finish(
+    config: DedupConfig,
+    files: EmbeddingFiles,
+    out: Path,
+    columns: pa.Table,
+    links: list[Links],
+    sem: semantic.SemanticDuplicates | None,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    device: str,
+    began: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything after the links, shared by ``run_dedup`` and the Beam job so both write identical outputs:
+    groups, keep policy, each member's cosine to its kept row (``vectors_of(sorted rows)``), the histogram,
+    duplicates.parquet, keep.parquet and summary.json (last, with ``extra`` keys); returns the summary."""
+    count = files.count
+    rank = sort_rank(columns["shard"], columns["key"])
+    groups = build_groups(count, links, rank)
+    score = keep_score(
+        config.keep,
+        rank=rank,
+        similarity=numeric(columns, "similarity"),
+        width=numeric(columns, "width"),
+        height=numeric(columns, "height"),
+        centroid_similarity=sem.centroid_similarity if sem else np.full(count, np.nan, dtype=np.float32),
+    )
+    kept = choose_kept(groups, score, rank)
+    similarity = similarity_to_kept(groups, kept, vectors_of, GATHER_CHUNK)
+    histogram = (
+        write_histogram(out / HISTOGRAM_FILE, sem.nearest, config.eps, "within k-means clusters") if sem else None
+    )
     keep = kept_mask(groups, kept)
     _write_tables(out, columns, groups, keep, similarity)
     summary = _summary(config, files, groups, keep, links, sem, histogram, device, time.perf_counter() - began)
+    summary.update(extra or {})
     write_summary(out / SUMMARY_FILE, summary)
     log.info(
         "dedup: %d groups, %d of %d rows removed (%.2f%%)",
@@ -113,9 +135,8 @@ def semantic_pass(
     """k-means on a seeded sample, every row assigned while its vector is copied to ``store`` (the one pass over
     the Parquet vectors), then pairs per final cluster read back from the store; plus the pair recall."""
     count, params = files.count, config.semantic(device)
-    k = min(config.n_clusters or semantic.auto_clusters(count), count)
-    train_rows = sample_rows(count, min(count, max(config.sample_size, k)), config.seed)
-    sample = gather_rows(files, VECTORS, train_rows, config.batch_size)
+    k = cluster_count(config, count)
+    sample = gather_rows(files, VECTORS, train_sample(config, count, k), config.batch_size)
     centroids = semantic.train_centroids(sample, k, config.seed, config.kmeans_iterations, device)
     del sample
     top = np.empty(count, dtype=np.int64)
@@ -129,12 +150,34 @@ def semantic_pass(
 
 def _recall(store: VectorStore, clusters: np.ndarray, config: DedupConfig, device: str) -> dict[str, Any]:
     """Pair recall of the clustered search vs exact range search over all rows, for a seeded sample of rows."""
-    if config.recall_queries == 0 or store.count == 0:
+    rows = recall_sample(config, store.count)
+    if rows is None:
         return {"pair_recall": None}
-    rows = sample_rows(store.count, min(store.count, config.recall_queries), config.seed + 1)
     left, right = semantic.range_pairs(
         store.take(rows), rows, store.blocks(config.batch_size), config.threshold, device
     )
+    return recall_stats(clusters, rows, left, right)
+
+
+def cluster_count(config: DedupConfig, count: int) -> int:
+    """k of the top-level k-means: ``n_clusters`` or ~sqrt(rows), at most one per row."""
+    return min(config.n_clusters or semantic.auto_clusters(count), count)
+
+
+def train_sample(config: DedupConfig, count: int, k: int) -> np.ndarray:
+    """The seeded rows k-means trains on (sorted)."""
+    return sample_rows(count, min(count, max(config.sample_size, k)), config.seed)
+
+
+def recall_sample(config: DedupConfig, count: int) -> np.ndarray | None:
+    """The seeded query rows of the pair-recall check (sorted), None when it is off or there are no rows."""
+    if config.recall_queries == 0 or count == 0:
+        return None
+    return sample_rows(count, min(count, config.recall_queries), config.seed + 1)
+
+
+def recall_stats(clusters: np.ndarray, rows: np.ndarray, left: np.ndarray, right: np.ndarray) -> dict[str, Any]:
+    """Summary fields of the recall check from the true pairs (``left`` in ``rows``) and each row's final cluster."""
     recall = semantic.pair_recall(clusters, left, right)
     log.info("semantic pair recall %.4f over %d true pairs of %d sampled rows", recall, len(left), len(rows))
     return {"pair_recall": round(recall, 6), "recall_queries": len(rows), "recall_true_pairs": len(left)}
@@ -145,7 +188,8 @@ def _gatherer(files: EmbeddingFiles, batch_size: int) -> Callable[[np.ndarray], 
     return lambda rows: gather_rows(files, VECTORS, rows, batch_size)
 
 
-def _prepare_out(config: DedupConfig) -> Path:
+def prepare_out(config: DedupConfig) -> Path:
+    """The out dir, created; existing outputs refused unless ``overwrite`` (then removed, so none goes stale)."""
     out = Path(config.out_dir)
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not config.overwrite:
@@ -159,6 +203,9 @@ def _prepare_out(config: DedupConfig) -> Path:
     if config.work_dir:
         Path(config.work_dir).mkdir(parents=True, exist_ok=True)
     return out
+
+
+_prepare_out = prepare_out  # the earlier private name
 
 
 def _write_tables(out: Path, columns: pa.Table, groups: Groups, keep: np.ndarray, similarity: np.ndarray) -> None:

@@ -2,10 +2,11 @@
 inside k-means clusters so the cost is sum(cluster^2) instead of n^2.
 
 Pieces a Beam job calls per element: ``train_centroids`` (once, on a sample), ``assign`` (per batch),
-``split_cluster`` (per oversized cluster), ``cluster_duplicates`` (per cluster). ``deduplicate_clusters``
-runs the per-cluster part over a whole assigned set on one machine, ``find_semantic_duplicates`` everything
-for vectors in memory. ``range_pairs`` + ``pair_recall`` measure what the clustering misses against exact
-all-pairs search at the same threshold.
+``split_cluster`` (per oversized cluster), ``cluster_duplicates`` (per cluster), ``compare_cluster`` (both, per
+k-means cluster), ``block_range_pairs`` (recall, per file); ``semantic_result`` joins their per-row outputs.
+``deduplicate_clusters`` runs the per-cluster part over a whole assigned set on one machine,
+``find_semantic_duplicates`` everything for vectors in memory. ``range_pairs`` + ``pair_recall`` measure what
+the clustering misses against exact all-pairs search at the same threshold.
 """
 
 from __future__ import annotations
@@ -172,50 +173,107 @@ def deduplicate_clusters(
     links (exact: right rows are byte-identical copies of left rows) let copies skip comparison and join their
     original's cluster: same bytes, same embedding, so 10,000 copies of a placeholder are not one 10,000^2 cluster."""
     count = len(top)
-    copies, originals = _copies(identical)
+    copies, _ = _copies(identical)
     compared = np.ones(count, dtype=bool)
     compared[copies] = False
-    clusters = np.full(count, -1, dtype=np.int64)
-    centroid_similarity = np.full(count, np.nan, dtype=np.float32)
-    nearest = np.full(count, np.nan, dtype=np.float32)
-    lefts, rights, pairs, sizes, split = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0, [], 0
     ordered = np.flatnonzero(compared)
     ordered = ordered[np.argsort(top[ordered], kind="stable")]
-    for rows in np.split(ordered, np.flatnonzero(np.diff(top[ordered])) + 1) if len(ordered) else []:
-        vectors = vectors_of(rows)
-        parts, part_centroids = np.zeros(len(rows), dtype=np.int64), centroids[top[rows[:1]]]
-        if len(rows) > config.max_cluster_size:
-            parts, part_centroids = split_cluster(
-                vectors, config.max_cluster_size, config.seed, config.kmeans_iterations, config.device
-            )
-            split += 1
-        for part in np.unique(parts):
-            mine = parts == part
-            found = cluster_duplicates(vectors[mine], rows[mine], config.eps, part_centroids[part], config.block_size)
-            clusters[rows[mine]] = len(sizes)
-            sizes.append(int(mine.sum()))
-            nearest[rows[mine]] = found.nearest
-            centroid_similarity[rows[mine]] = found.centroid_similarity
+    rows, tops, parts, nearest, similarity = [], [], [], [], []
+    lefts, rights, pairs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+    for cluster in np.split(ordered, np.flatnonzero(np.diff(top[ordered])) + 1) if len(ordered) else []:
+        label = int(top[cluster[0]])
+        for part, (mine, found) in enumerate(compare_cluster(vectors_of(cluster), cluster, centroids[label], config)):
+            rows.append(mine)
+            tops.append(np.full(len(mine), label, dtype=np.int64))
+            parts.append(np.full(len(mine), part, dtype=np.int64))
+            nearest.append(found.nearest)
+            similarity.append(found.centroid_similarity)
             lefts.append(found.links.left)
             rights.append(found.links.right)
             pairs += found.links.pairs
+    empty_rows, empty_values = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return semantic_result(
+        count,
+        np.concatenate([empty_rows, *rows]),
+        np.concatenate([empty_rows, *tops]),
+        np.concatenate([empty_rows, *parts]),
+        np.concatenate([empty_values, *nearest]),
+        np.concatenate([empty_values, *similarity]),
+        Links(METHOD, np.concatenate(lefts), np.concatenate(rights), pairs),
+        len(centroids),
+        config,
+        identical,
+    )
+
+
+def compare_cluster(
+    vectors: np.ndarray, row_ids: np.ndarray, centroid: np.ndarray, config: SemanticConfig
+) -> list[tuple[np.ndarray, ClusterDuplicates]]:
+    """One k-means cluster (a Beam GroupByKey on the assigned centroid; rows ascending, so results do not depend
+    on arrival order): split when above ``max_cluster_size``, then the pairs inside each final part, as
+    [(rows of the part, what it holds)] in part order."""
+    rows = np.asarray(row_ids, dtype=np.int64)
+    parts, part_centroids = np.zeros(len(rows), dtype=np.int64), np.asarray(centroid, dtype=np.float32)[None, :]
+    if len(rows) > config.max_cluster_size:
+        parts, part_centroids = split_cluster(
+            vectors, config.max_cluster_size, config.seed, config.kmeans_iterations, config.device
+        )
+    found = []
+    for part in np.unique(parts):
+        mine = parts == part
+        found.append(
+            (
+                rows[mine],
+                cluster_duplicates(vectors[mine], rows[mine], config.eps, part_centroids[part], config.block_size),
+            )
+        )
+    return found
+
+
+def semantic_result(
+    count: int,
+    rows: np.ndarray,
+    top: np.ndarray,
+    part: np.ndarray,
+    nearest: np.ndarray,
+    centroid_similarity: np.ndarray,
+    links: Links,
+    n_clusters: int,
+    config: SemanticConfig,
+    identical: Links | None = None,
+) -> SemanticDuplicates:
+    """The whole set's result from every final cluster's per-row values, in any order (a Beam job's outputs):
+    compared ``rows`` with their k-means cluster ``top``, ``part`` of it after splitting, best in-cluster cosine
+    and cosine to the part's centroid; ``links`` of all parts. Final clusters are numbered in (top, part) order;
+    exact copies (``identical``) join their original's cluster at cosine 1."""
+    rows = np.asarray(rows, dtype=np.int64)
+    top, part = np.asarray(top, dtype=np.int64), np.asarray(part, dtype=np.int64)
+    copies, originals = _copies(identical)
+    clusters = np.full(count, -1, dtype=np.int64)
+    similarity = np.full(count, np.nan, dtype=np.float32)
+    best = np.full(count, np.nan, dtype=np.float32)
+    final, label = np.unique(np.stack([top, part], axis=1), axis=0, return_inverse=True)
+    clusters[rows] = label.reshape(-1)
+    similarity[rows] = centroid_similarity
+    best[rows] = nearest
+    sizes = np.bincount(label.reshape(-1), minlength=len(final))
+    split = np.bincount(top).astype(np.int64) if len(top) else np.zeros(0, dtype=np.int64)
     if len(copies):  # a copy sits where its original sits, and both have a twin at cosine 1
         clusters[copies] = clusters[originals]
-        centroid_similarity[copies] = centroid_similarity[originals]
-        nearest[copies] = nearest[originals] = 1.0
+        similarity[copies] = similarity[originals]
+        best[copies] = best[originals] = 1.0
     stats = {
         "eps": config.eps,
         "threshold": round(config.threshold, 6),
-        "clusters": len(centroids),
-        "final_clusters": len(sizes),
-        "split_clusters": split,
-        "largest_cluster": max(sizes, default=0),
-        "compared_rows": int(compared.sum()),
+        "clusters": n_clusters,
+        "final_clusters": len(final),
+        "split_clusters": int(np.count_nonzero(split > config.max_cluster_size)),
+        "largest_cluster": int(sizes.max(initial=0)),
+        "compared_rows": count - len(copies),
         "exact_copies_skipped": len(copies),
-        "pairs": pairs,
+        "pairs": int(links.pairs),
     }
-    links = Links(METHOD, np.concatenate(lefts), np.concatenate(rights), pairs)
-    return SemanticDuplicates(links, clusters, centroid_similarity, nearest, stats)
+    return SemanticDuplicates(links, clusters, similarity, best, stats)
 
 
 def find_semantic_duplicates(
@@ -240,6 +298,25 @@ def range_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact all-pairs ground truth for some query rows: every (query row, database row) with cosine >
     ``threshold`` over the whole set, streamed block by block (faiss ``range_ground_truth``); self-pairs dropped."""
+    return _range_hits(queries, query_rows, database, 0, threshold, device)
+
+
+def block_range_pairs(
+    queries: np.ndarray, query_rows: np.ndarray, block: np.ndarray, start: int, threshold: float, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``range_pairs`` against one block of the set whose first row is ``start`` (one embeddings file on a Beam
+    worker): the union over all blocks is ``range_pairs`` over the whole set."""
+    return _range_hits(queries, query_rows, [block], start, threshold, device)
+
+
+def _range_hits(
+    queries: np.ndarray,
+    query_rows: np.ndarray,
+    database: Iterable[np.ndarray],
+    start: int,
+    threshold: float,
+    device: str,
+) -> tuple[np.ndarray, np.ndarray]:
     lims, _, ids = range_ground_truth(
         np.ascontiguousarray(queries, dtype=np.float32),
         (np.ascontiguousarray(b, dtype=np.float32) for b in database),
@@ -248,8 +325,9 @@ def range_pairs(
         ngpu=1 if device == "cuda" else 0,
     )
     left = np.repeat(np.asarray(query_rows, dtype=np.int64), np.diff(lims.astype(np.int64)))
+    ids = ids.astype(np.int64) + start
     other = left != ids
-    return left[other], ids[other].astype(np.int64)
+    return left[other], ids[other]
 
 
 def pair_recall(clusters: np.ndarray, left: np.ndarray, right: np.ndarray) -> float:

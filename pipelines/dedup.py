@@ -1,0 +1,191 @@
+"""The dedup job on Beam: exact, perceptual and semantic duplicate groups of an embed job's output, a keep list.
+
+Run it with ``python -m pipelines.dedup --embeddings EMB --out EMB/dedup`` (or ``mmembed dedup --beam``);
+options not listed here are standard Beam pipeline options and pass through. Without ``--runner`` the job runs
+on Beam's in-process FnApiRunner, which needs no download.
+
+The launcher reads the small per-row columns (key, shard, hashes, keep-policy inputs) and trains the k-means
+centroids on a seeded sample; the job groups rows by sha256 (exact), by pHash band (perceptual) and by
+centroid (semantic) and writes the links and per-row semantic results into a work dir; the launcher then unions
+them into groups and writes duplicates.parquet, keep.parquet, summary.json and the histogram exactly as the
+single-machine ``run_dedup`` does (the same ``finish``). Paths are local: the launcher and every worker must
+see ``--embeddings``, ``--out`` and ``--work-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections import Counter
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics.metric import MetricsFilter
+
+from mmembed.beam.dedup import (
+    NAMESPACE,
+    VECTORS,
+    FindDuplicates,
+    SemanticPlan,
+    WriteResults,
+    read_links,
+    read_recall_pairs,
+    read_semantic,
+    work_items,
+)
+from mmembed.beam.runner import make_pipeline
+from mmembed.config import DEVICES
+from mmembed.dedup import semantic
+from mmembed.dedup.columns import read_columns
+from mmembed.dedup.config import DEFAULT_EPS, DEFAULT_PHASH_THRESHOLD, KEEP_POLICIES, DedupConfig
+from mmembed.dedup.links import Links
+from mmembed.dedup.run import cluster_count, finish, prepare_out, recall_sample, recall_stats, train_sample
+from mmembed.index.build import resolve_device
+from mmembed.index.reader import EmbeddingFiles, gather_rows, open_embeddings
+
+log = logging.getLogger(__name__)
+
+
+def add_dedup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dedup job's own options (DedupConfig's fields)."""
+    defaults = DedupConfig("-", "-")
+    parser.add_argument("--embeddings", required=True, help="the embed job's --out dir (holds embeddings/*.parquet)")
+    parser.add_argument("--out", required=True, help="where duplicates.parquet, keep.parquet, summary.json go")
+    parser.add_argument(
+        "--methods", default="exact,perceptual,semantic", help="comma list of exact,perceptual,semantic"
+    )
+    parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="semantic duplicates: cosine > 1 - eps")
+    parser.add_argument("--phash-threshold", type=int, default=DEFAULT_PHASH_THRESHOLD, help="max pHash bit distance")
+    parser.add_argument("--keep", default=defaults.keep, choices=KEEP_POLICIES, help="which member of a group survives")
+    parser.add_argument("--n-clusters", type=int, help="k-means clusters (default ~sqrt(rows))")
+    parser.add_argument("--max-cluster-size", type=int, default=defaults.max_cluster_size, help="split larger ones")
+    parser.add_argument("--sample-size", type=int, default=defaults.sample_size, help="rows k-means trains on")
+    parser.add_argument("--kmeans-iterations", type=int, default=defaults.kmeans_iterations)
+    parser.add_argument(
+        "--recall-queries", type=int, default=defaults.recall_queries, help="rows of the pair-recall check (0: off)"
+    )
+    parser.add_argument("--block-size", type=int, default=defaults.block_size, help="in-cluster comparison tile")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per Parquet read batch")
+    parser.add_argument("--device", default=defaults.device, choices=DEVICES, help="faiss-gpu k-means when available")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--work-dir", help="shared dir for the job's intermediate results (default: under --out)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def config_from_args(args: argparse.Namespace) -> DedupConfig:
+    return DedupConfig(
+        embeddings_dir=args.embeddings,
+        out_dir=args.out,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        keep=args.keep,
+        phash_threshold=args.phash_threshold,
+        eps=args.eps,
+        n_clusters=args.n_clusters,
+        max_cluster_size=args.max_cluster_size,
+        sample_size=args.sample_size,
+        kmeans_iterations=args.kmeans_iterations,
+        recall_queries=args.recall_queries,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        work_dir=args.work_dir,
+        overwrite=args.overwrite,
+    )
+
+
+def semantic_plan(files: EmbeddingFiles, config: DedupConfig, device: str, worker_device: str) -> SemanticPlan:
+    """Launcher side of the semantic method: centroids from the seeded training sample, and the recall query
+    rows; both gathered from Parquet in one pass."""
+    count = files.count
+    k = cluster_count(config, count)
+    train = train_sample(config, count, k)
+    queries = recall_sample(config, count)
+    needed = train if queries is None else np.union1d(train, queries)
+    vectors = gather_rows(files, VECTORS, needed, config.batch_size)
+    sample = vectors[np.searchsorted(needed, train)]
+    centroids = semantic.train_centroids(sample, k, config.seed, config.kmeans_iterations, device)
+    query_vectors = None if queries is None else vectors[np.searchsorted(needed, queries)]
+    log.info("k-means: %d centroids from %d sampled rows on %s", len(centroids), len(train), device)
+    return SemanticPlan(centroids, config.semantic(worker_device), queries, query_vectors)
+
+
+def job_counters(result: Any) -> dict[str, int]:
+    """The job's Beam counters (namespace ``mmembed``) by name, committed values where the runner has them."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except (NotImplementedError, AttributeError):  # some runners expose no metrics
+        return {}
+    totals: Counter = Counter()
+    for counter in found:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] += value or 0
+    return dict(sorted(totals.items()))
+
+
+def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:
+    """Run the dedup job for ``config`` and write its outputs; returns the summary (``run_dedup``'s, plus the
+    runner and the Beam counters)."""
+    began = time.perf_counter()
+    beam_args = list(beam_args or [])
+    local = test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args)
+    sem_on = "semantic" in config.methods
+    device = resolve_device(config.device) if sem_on else "cpu"
+    files = open_embeddings(config.embeddings_dir)
+    out = prepare_out(config)
+    columns = read_columns(files, batch_size=config.batch_size)  # also checks every file's small columns
+    count = files.count
+    plan = semantic_plan(files, config, device, device if local else config.device) if sem_on and count else None
+    counters: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="dedup-work-", dir=config.work_dir or out) as work:
+        if count:
+            pipeline = test_pipeline if test_pipeline is not None else make_pipeline(beam_args)
+            _ = (
+                pipeline
+                | "Files" >> beam.Create(work_items(files))
+                | "FindDuplicates" >> FindDuplicates(config.methods, config.phash_threshold, config.batch_size, plan)
+                | "WriteResults" >> WriteResults(work)
+            )
+            result = pipeline.run()
+            result.wait_until_finish()
+            counters = job_counters(result)
+            found = read_links(work, config.methods)
+        else:
+            found = {m: Links(m, np.zeros(0), np.zeros(0)) for m in config.methods}
+        links = [found[m] for m in ("exact", "perceptual") if m in config.methods]
+        log.info(
+            "dedup of %d rows: %s", count, ", ".join(f"{x.method} {x.pairs} pairs" for x in links) or "no hash pass"
+        )
+        sem = None
+        if plan is not None:
+            sem = read_semantic(work, count, plan, found["semantic"], found.get("exact"))
+            recall = {"pair_recall": None}
+            if plan.recall_rows is not None:
+                recall = recall_stats(sem.clusters, plan.recall_rows, *read_recall_pairs(work))
+            sem.stats.update(device=device, **recall)
+            links.append(sem.links)
+
+    def vectors_of(rows: np.ndarray) -> np.ndarray:
+        return gather_rows(files, VECTORS, rows, config.batch_size)
+
+    extra = {"runner": "beam", "beam_counters": counters}
+    return finish(config, files, out, columns, links, sem, vectors_of, device, began, extra)
+
+
+def run(argv: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:
+    """Entry point: parse our options, pass the rest to Beam, run, print the summary."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.dedup", description=__doc__)
+    add_dedup_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    summary = run_config(config_from_args(args), beam_args, test_pipeline)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run()
