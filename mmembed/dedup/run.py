@@ -205,7 +205,6 @@ def prepare_out(config: DedupConfig) -> Path:
     return out
 
 
-_prepare_out = prepare_out  # the earlier private name
 
 
 def _write_tables(out: Path, columns: pa.Table, groups: Groups, keep: np.ndarray, similarity: np.ndarray) -> None:
