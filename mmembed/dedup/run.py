@@ -205,8 +205,6 @@ def prepare_out(config: DedupConfig) -> Path:
     return out
 
 
-
-
 def _write_tables(out: Path, columns: pa.Table, groups: Groups, keep: np.ndarray, similarity: np.ndarray) -> None:
     members = groups.members
     key, shard = columns["key"], columns["shard"]
