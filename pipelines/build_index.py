@@ -29,9 +29,16 @@ def add_build_index_arguments(parser: argparse.ArgumentParser) -> None:
     """The sharded build's own options."""
     parser.add_argument("--embeddings", required=True, help="an embed job's --out dir (holds embeddings/*.parquet)")
     parser.add_argument("--out", required=True, help="index dir to write (e.g. EMB/index)")
-    parser.add_argument("--max-index-memory", default="4G", help="RAM budget of one index; sizes the IVF-PQ choice")
-    parser.add_argument("--index-key", help="an IVF faiss factory string instead, e.g. 'IVF4096,PQ32x8np'")
-    parser.add_argument("--files-per-part", type=int, default=1, help="embeddings files per parallel part")
+    parser.add_argument(
+        "--max-index-memory", default="4G", help="RAM budget of one index (e.g. 4G, 512M); drives the index choice"
+    )
+    parser.add_argument(
+        "--index-key",
+        help="a faiss factory string instead of the automatic choice (IVF for sharded builds), e.g. 'IVF4096,PQ32x8np'",
+    )
+    parser.add_argument(
+        "--files-per-part", type=int, default=1, help="sharded build: embeddings files per parallel part"
+    )
     parser.add_argument("--recall-target", type=float, default=0.95, help="10-recall@10 the search params reach")
     parser.add_argument("--tune-queries", type=int, default=IndexBuildConfig.tune_queries)
     parser.add_argument("--max-train-vectors", type=int, default=IndexBuildConfig.max_train_vectors)

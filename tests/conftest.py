@@ -8,8 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,16 @@ from mmembed.demo import write_demo_images
 from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
 
 TINY = EncoderConfig(model="mmembed-tiny", device="cpu", batch_size=8, seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _faiss_one_thread() -> Iterator[None]:
+    """faiss on one thread: on a busy 2-core box its spinning OpenMP workers (sharing torch's libgomp) make
+    k-means, PQ training and range search many times slower than a single thread."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

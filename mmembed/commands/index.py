@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from mmembed.commands.output import format_table, print_json
@@ -11,22 +12,15 @@ from mmembed.config import DEVICES
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mmembed.index.choose import FAMILIES
+    from pipelines.build_index import add_build_index_arguments
 
     build = sub.add_parser("index", help="build image and text FAISS indexes from an embed job's output")
-    build.add_argument("--embeddings", required=True, help="the embed job's --out dir (holds embeddings/*.parquet)")
-    build.add_argument("--out", required=True, help="index dir to write")
-    build.add_argument("--max-index-memory", default="4G", help="RAM budget of one index, e.g. 4G, 512M")
-    build.add_argument("--recall-target", type=float, default=0.95, help="tune search params to this recall@10")
+    add_build_index_arguments(build)
     build.add_argument("--family", default="auto", choices=FAMILIES, help="force an index family")
-    build.add_argument("--index-key", help="a faiss factory string instead of the automatic choice")
-    build.add_argument("--device", default="auto", choices=DEVICES, help="faiss-gpu for training when available")
-    build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--overwrite", action="store_true", help="replace an existing index")
     build.add_argument("--append", action="store_true", help="add new embeddings files to an existing index")
     build.add_argument(
         "--sharded", action="store_true", help="fill an IVF index part by part in a Beam job, then merge on disk"
     )
-    build.add_argument("--files-per-part", type=int, default=1, help="with --sharded: embeddings files per part")
     build.set_defaults(handler=index, passes_unknown=True)
 
     evaluate = sub.add_parser("eval-index", help="recall@1/10/100 and queries/s of an index vs exact search")
@@ -41,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def index(args: argparse.Namespace, extra: list[str]) -> int:
-    from mmembed.index import IndexBuildConfig, append, build_index
+    from mmembed.index import append, build_index
     from mmembed.index.reader import list_embedding_files
     from mmembed.index.store import read_infos
+    from pipelines.build_index import config_from_args
 
     if extra and not args.sharded:
         raise ValueError(f"unrecognized arguments: {' '.join(extra)} (Beam options apply with --sharded only)")
@@ -55,22 +50,13 @@ def index(args: argparse.Namespace, extra: list[str]) -> int:
             return 0
         infos = append(args.out, new)
     else:
-        config = IndexBuildConfig(
-            embeddings_dir=args.embeddings,
-            out_dir=args.out,
-            max_index_memory=args.max_index_memory,
-            recall_target=args.recall_target,
-            device=args.device,
-            family=args.family,
-            index_key=args.index_key,
-            seed=args.seed,
-            overwrite=args.overwrite,
-        )
+        sharded = config_from_args(args)
+        config = replace(sharded.index, family=args.family)
         if args.sharded:
-            from mmembed.index.sharded import ShardedBuildConfig, build_sharded
+            from mmembed.index.sharded import build_sharded
             from pipelines.build_index import beam_runner
 
-            infos = build_sharded(ShardedBuildConfig(config, args.files_per_part), beam_runner(extra))
+            infos = build_sharded(replace(sharded, index=config), beam_runner(extra))
         else:
             infos = build_index(config)
     print_json({k: infos[k] for k in ("count", "dim", "index_key", "build_seconds", "peak_memory_bytes") if k in infos})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -22,15 +21,6 @@ from tests.index.synth import blobs, encoder_provenance, exact_top_k, recall, wr
 N, DIM, PER_SHARD = 3000, 32, 500  # 6 files -> 3 parts of 2 files
 TARGET = 0.97  # built to 0.97 so a fresh query sample clears 0.95 despite sampling noise
 ARGS = ["--files-per-part", "2", "--recall-target", str(TARGET), "--tune-queries", "300"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _faiss_one_thread() -> Iterator[None]:
-    """Single-threaded faiss: spinning OpenMP workers on the busy 2-core box make training 10x slower."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

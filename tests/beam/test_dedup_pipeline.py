@@ -4,10 +4,8 @@ and config: the same groups, kept rows, per-member similarities and summary coun
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -24,15 +22,6 @@ from tests.index.synth import blobs, write_embed_dir
 
 N = 800
 PLACEHOLDERS = range(500, 540)  # 40 byte-identical copies of one image: exact and identical-pHash buckets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _faiss_one_thread() -> Iterator[None]:
-    """Single-threaded faiss: spinning OpenMP workers on a busy 2-core box make k-means many times slower."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
