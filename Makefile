@@ -9,7 +9,11 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install system-deps demo test lint format bench clean
+
+# Debian's Chromium drives the browser test (Playwright uses it; it never downloads a browser).
+system-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +26,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mmembed demo --out demo
 
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -35,6 +39,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/embed_throughput.py
+	$(BIN)/python benchmarks/index_bench.py --n 100000
+	$(BIN)/python benchmarks/dedup_eval.py --sizes 20000,50000,100000
+	$(BIN)/python benchmarks/serve_load.py --duration 10
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from mmembed.commands.serve import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""The FastAPI app: routes, error mapping and the static search page. The work is in ``service.py``.
+
+POST /search            a text query (JSON) or an uploaded image (multipart field ``image``) -> ranked hits
+GET  /items/{key}       one sample's metadata
+GET  /thumbnails/{key}  its image, read from the shard by offset, resized (``?size=large`` for the detail view)
+GET  /healthz, /metrics (Prometheus text), /openapi.json (+ /docs), / (the page), /static/*
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmembed import __version__
+from mmembed.serve.config import ServeConfig
+from mmembed.serve.limits import BodyLimitMiddleware
+from mmembed.serve.metrics import Metrics, MetricsMiddleware
+from mmembed.serve.models import ERROR_RESPONSES, Health, Item, SearchResponse, TextQuery
+from mmembed.serve.service import RequestError, SearchService
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+FORM_FIELDS = {"image", "query", "k", "target"}
+SEARCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": TextQuery.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "JPEG/PNG/WebP/... file"},
+                        "k": {"type": "integer", "default": 10},
+                        "target": {"type": "string", "enum": ["image", "text"], "default": "image"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """Open the index and model (errors surface here, before listening) and build the app."""
+    metrics = Metrics()
+    service = SearchService.open(config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="mmembed search",
+        version=__version__,
+        description="Text and image search over an mmembed index (OpenCLIP embeddings + FAISS).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees the limit's 413s too
+    _add_error_handlers(app)
+
+    @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES, openapi_extra=SEARCH_BODY)
+    async def search(request: Request) -> SearchResponse:
+        """Search with a JSON text query ``{"query", "k", "target"}`` or a multipart image upload."""
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            return await _search_form(service, request)
+        query = _parse_text_query(await request.body())
+        return await service.search_text(query.query, query.k, query.target)
+
+    @app.get("/items/{key:path}", response_model=Item, responses=ERROR_RESPONSES)
+    def item(key: str) -> Item:
+        """Metadata of one indexed sample."""
+        return service.item(key)
+
+    @app.get(
+        "/thumbnails/{key:path}",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}, **ERROR_RESPONSES},
+    )
+    def thumbnail(key: str, size: str = "small") -> Response:
+        """The sample's image from its shard (one seek), resized: ``size=small`` (grid) or ``large`` (detail)."""
+        data = service.thumbnail(key, size)
+        headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    def prometheus() -> Response:
+        """Prometheus text format: requests, latency histograms, index size, thumbnail cache."""
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _parse_text_query(body: bytes) -> TextQuery:
+    try:
+        return TextQuery.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise RequestError(400, f"malformed JSON body ({errors[0]['msg']}); send {_EXAMPLE}") from None
+        raise RequestError(422, f"{_describe(errors)}; send {_EXAMPLE}") from None
+
+
+_EXAMPLE = '{"query": "a cat", "k": 10, "target": "image"}, or an image as multipart field "image"'
+
+
+async def _search_form(service: SearchService, request: Request) -> SearchResponse:
+    async with request.form(max_files=1, max_fields=len(FORM_FIELDS), max_part_size=64 * 1024) as form:
+        unknown = set(form.keys()) - FORM_FIELDS
+        if unknown:
+            raise RequestError(422, f"unknown form fields {sorted(unknown)}; expected some of {sorted(FORM_FIELDS)}")
+        upload, text = form.get("image"), form.get("query")
+        k, target = _form_int(form.get("k", "10")), str(form.get("target", "image"))
+        if upload is not None and text is not None:
+            raise RequestError(422, "give a text query or an image, not both")
+        if isinstance(upload, UploadFile):
+            return await service.search_image(await upload.read(), upload.filename or "upload", k, target)
+        if upload is not None:
+            raise RequestError(422, 'form field "image" must be a file upload')
+        if isinstance(text, str):
+            return await service.search_text(text, k, target)
+    raise RequestError(422, 'no query: send an image file in form field "image" (or a text in "query")')
+
+
+def _form_int(value: Any) -> int | str:
+    try:
+        return int(str(value))
+    except ValueError:
+        return str(value)[:50]  # refused with a clear message by the k check
+
+
+def _describe(errors: list[Any]) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, 500)

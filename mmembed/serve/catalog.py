@@ -1,0 +1,154 @@
+"""Per-sample facts for the server: key -> row id, and the metadata columns the ids table does not carry.
+
+Keys are looked up by binary search over the key column sorted once at start (Arrow memory, no Python dict
+of millions of strings). Metadata, width, height and sha256 come from the embed job's Parquet files listed in
+infos.json, read one file (= one shard) at a time and kept in a small LRU; row ids map to files by the row
+counts recorded there. If those files moved, they are looked for in ``<index>/../embeddings/``; if absent,
+items are still served from ids.parquet, without those columns.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmembed.index import IndexSet
+from mmembed.index.store import IDS_FILE
+from mmembed.outputs import EMBEDDINGS_DIR
+
+log = logging.getLogger(__name__)
+EXTRA_COLUMNS = ("key", "metadata", "width", "height", "sha256")
+
+
+class _SortedKeys:
+    """A read-only sequence view of an Arrow string array, for ``bisect``."""
+
+    def __init__(self, keys: pa.Array) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> str:
+        return self.keys[i].as_py()
+
+
+class Catalog:
+    """Look up samples by key or row id in one opened index."""
+
+    def __init__(self, index: IndexSet, opener: Callable[[str], IO[bytes]], cached_files: int = 64) -> None:
+        self.index = index
+        self.opener = opener
+        keys = pq.read_table(index.index_dir / IDS_FILE, columns=["key"]).column("key").combine_chunks()
+        self._order = pc.sort_indices(keys).to_numpy()
+        self._sorted = _SortedKeys(keys.take(pa.array(self._order)))
+        self.duplicate_keys = _count_adjacent_equal(self._sorted.keys)
+        if self.duplicate_keys:
+            log.warning(
+                "%d keys repeat in the index (different shards with the same keys); /items and /thumbnails "
+                "answer with the first row of each",
+                self.duplicate_keys,
+            )
+        sources = index.infos.get("sources", {}).get("files", [])
+        self._files = [self._locate(s["path"]) for s in sources]
+        self._starts = np.cumsum([0] + [int(s["rows"]) for s in sources])
+        self._cache: OrderedDict[int, pa.Table | None] = OrderedDict()
+        self._cached_files = cached_files
+        self._lock = threading.Lock()
+        index.lookup(np.zeros(0, np.int64))  # load ids.parquet now, not in the first concurrent requests
+
+    @property
+    def count(self) -> int:
+        return len(self._sorted)
+
+    def row_id(self, key: str) -> int | None:
+        """The row id of ``key``, or None when the index has no such key."""
+        i = bisect.bisect_left(self._sorted, key)
+        if i < len(self._sorted) and self._sorted[i] == key:
+            return int(self._order[i])
+        return None
+
+    def rows(self, row_ids: list[int]) -> list[dict[str, Any]]:
+        """ids.parquet rows (row_id, key, shard, offset, caption, url) plus the metadata columns, in order."""
+        base = self.index.lookup(np.asarray(row_ids, np.int64)).to_pylist()
+        for row in base:
+            row.update(self.extras(row["row_id"], row["key"]))
+        return base
+
+    def extras(self, row_id: int, key: str) -> dict[str, Any]:
+        """metadata (parsed JSON), width, height, sha256 of one row; None each where unknown."""
+        empty = {"metadata": None, "width": None, "height": None, "sha256": None}
+        f = int(np.searchsorted(self._starts, row_id, side="right")) - 1
+        if not 0 <= f < len(self._files):
+            return empty
+        table = self._file_table(f)
+        local = row_id - int(self._starts[f])
+        if table is None or local >= table.num_rows:
+            return empty
+        row = table.slice(local, 1).to_pylist()[0]
+        if row["key"] != key:  # the file was rewritten since the index was built
+            return empty
+        return {
+            "metadata": _parse_json(row["metadata"]),
+            "width": row["width"],
+            "height": row["height"],
+            "sha256": row["sha256"],
+        }
+
+    def _file_table(self, f: int) -> pa.Table | None:
+        with self._lock:
+            if f in self._cache:
+                self._cache.move_to_end(f)
+                return self._cache[f]
+        table = None
+        path = self._files[f]
+        if path is not None:
+            try:
+                if "://" in path:  # gs://, s3://: through Beam's filesystems
+                    with self.opener(path) as stream:
+                        table = pq.read_table(pa.BufferReader(stream.read()), columns=list(EXTRA_COLUMNS))
+                else:
+                    table = pq.read_table(path, columns=list(EXTRA_COLUMNS))
+            except (OSError, pa.ArrowException, KeyError) as exc:
+                log.warning("cannot read metadata from %s (%s); items are served without it", path, exc)
+        with self._lock:
+            self._cache[f] = table
+            while len(self._cache) > self._cached_files:
+                self._cache.popitem(last=False)
+        return table
+
+    def _locate(self, path: str) -> str | None:
+        """The embeddings file as recorded, else beside the index (``<index>/../embeddings/<name>``)."""
+        if "://" in path:
+            return path
+        for candidate in (Path(path), self.index.index_dir.parent / EMBEDDINGS_DIR / Path(path).name):
+            if candidate.is_file():
+                return str(candidate)
+        log.warning("embeddings file %s not found; its samples are served without metadata", path)
+        return None
+
+
+def _count_adjacent_equal(keys: pa.Array) -> int:
+    if len(keys) < 2:
+        return 0
+    return pc.sum(pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py() or 0
+
+
+def _parse_json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text

@@ -1,0 +1,269 @@
+"""What the HTTP routes do, without HTTP: validate a query, encode it, search, attach metadata and links.
+
+Concurrency: the query model runs on ONE dedicated thread (the Searcher's encoder is not thread-safe, and a
+small model is fastest single-threaded anyway), so model calls are serialised, and text queries that arrive
+while it is busy are encoded together in one batch (``TextBatcher``); faiss searches, id lookups,
+image decoding and thumbnail reads run on the server's worker threads in parallel (faiss search is
+thread-safe for reads). Uploaded images are decoded a few at a time to bound memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import faiss
+import numpy as np
+import torch
+from starlette.concurrency import run_in_threadpool
+
+from mmembed.beam.filesystem import list_shards, open_read
+from mmembed.config import ConfigError
+from mmembed.decode import DecodeError, decode_image
+from mmembed.index.store import INDEX_FILES, read_infos
+from mmembed.query import encoder_config_from_provenance
+from mmembed.search import Searcher, SearchHit
+from mmembed.serve.catalog import Catalog
+from mmembed.serve.config import ServeConfig
+from mmembed.serve.metrics import Metrics
+from mmembed.serve.models import Hit, Item, SearchResponse
+from mmembed.serve.thumbnails import ThumbnailStore, ThumbnailUnavailable
+from mmembed.shards import shard_name
+
+log = logging.getLogger(__name__)
+MAX_KEY_CHARS = 4096
+IMAGE_DECODE_SLOTS = 2
+DECODE_STATUS = {"image_too_large": 413, "empty_image": 400}  # anything else: not an image -> 415
+
+
+class RequestError(Exception):
+    """A request the server refuses: ``status`` (4xx) and a message saying what to fix."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class TextBatcher:
+    """Coalesces concurrent text queries into one model call: under load, the queries that arrived while the
+    model was busy are encoded together (a batch of 8 costs about half of 8 single calls); alone, a query is
+    encoded at once. Runs on the event loop, so it needs no lock; the model call runs on ``executor``."""
+
+    def __init__(self, encode: Any, executor: ThreadPoolExecutor, metrics: Metrics, max_batch: int = 32) -> None:
+        self.encode = encode
+        self.executor = executor
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self._pending: list[tuple[str, asyncio.Future]] = []
+        self._draining = False
+
+    async def __call__(self, text: str) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((text, future))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                self.metrics.encode_batch.observe(len(batch))
+                try:
+                    vectors = await loop.run_in_executor(self.executor, self.encode, [text for text, _ in batch])
+                except Exception as exc:  # handed to every waiting request, which reports it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), vector in zip(batch, vectors, strict=True):
+                    if not future.done():  # a cancelled request (client gone) is skipped
+                        future.set_result(vector[None])
+        finally:
+            self._draining = False
+
+
+class SearchService:
+    def __init__(self, config: ServeConfig, searcher: Searcher, shard_urls: dict[str, str], metrics: Metrics) -> None:
+        self.config = config
+        self.searcher = searcher
+        self.metrics = metrics
+        self.catalog = Catalog(searcher.index, open_read)
+        self.thumbnails = ThumbnailStore(shard_urls, config.thumbnail_cache_items, open_read)
+        self._model = ThreadPoolExecutor(1, "mmembed-model", initializer=_set_threads, initargs=(config.threads,))
+        self._decode_slots = asyncio.Semaphore(IMAGE_DECODE_SLOTS)
+        self._texts = TextBatcher(searcher.encoder.encode_texts, self._model, metrics)
+        infos = searcher.index.infos
+        for modality, index in searcher.index.indexes.items():
+            metrics.index_vectors.labels(modality).set(index.count)
+            path = Path(searcher.index.index_dir) / INDEX_FILES[modality]
+            metrics.index_bytes.labels(modality).set(path.stat().st_size)
+        metrics.thumbnail_cache_items.set_function(lambda: len(self.thumbnails.cache))
+        known = sum(1 for s in infos["sources"]["files"] if Path(s["path"]).stem in shard_urls)
+        log.info(
+            "index %s: %d vectors (%s), model %s; %d of %d shards located for thumbnails",
+            searcher.index.index_dir,
+            infos["count"],
+            infos["index_key"],
+            infos["provenance"].get("model"),
+            known,
+            len(infos["sources"]["files"]),
+        )
+
+    @classmethod
+    def open(cls, config: ServeConfig, metrics: Metrics) -> SearchService:
+        """Open the index (memory-mapped), load and warm the query model, locate the shards."""
+        _set_threads(config.threads)
+        override = None
+        if config.checkpoint:  # the recorded model, its checkpoint file moved
+            prov = read_infos(config.index_dir)["provenance"]
+            override = replace(encoder_config_from_provenance(prov, config.device), checkpoint=config.checkpoint)
+        searcher = Searcher.from_dir(config.index_dir, override, config.device)
+        searcher.encoder.encode_texts(["warm up"])  # load now: a bad model fails at start, not on a query
+        return cls(config, searcher, shard_map(config.shards), metrics)
+
+    def close(self) -> None:
+        self._model.shutdown(wait=False, cancel_futures=True)
+
+    # --- search -----------------------------------------------------------------------------------------
+
+    async def search_text(self, query: str, k: int, target: str) -> SearchResponse:
+        began = time.perf_counter()
+        text = query.strip()
+        if not text:
+            raise RequestError(422, "query is empty; send a non-empty text, or upload an image")
+        if len(query) > self.config.max_query_chars:
+            raise RequestError(
+                413, f"query is {len(query):,} characters, over the limit of {self.config.max_query_chars:,}"
+            )
+        self._check(k, target)
+        encoding = time.perf_counter()
+        vectors = await self._texts(text)
+        self.metrics.encode.labels("text").observe(time.perf_counter() - encoding)
+        return await self._respond("text", text, vectors, k, target, began)
+
+    async def search_image(self, data: bytes, name: str, k: int, target: str) -> SearchResponse:
+        began = time.perf_counter()
+        self._check(k, target)
+        if len(data) > self.config.max_upload_bytes:
+            raise RequestError(413, f"image is {len(data):,} bytes, over the limit of {self.config.max_upload_bytes:,}")
+        async with self._decode_slots:
+            pixels = await run_in_threadpool(self._decode_upload, data, name)
+        encoding = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self._model, self.searcher.encoder.encoder.embed_pixels, pixels[None])
+        self.metrics.encode.labels("image").observe(time.perf_counter() - encoding)
+        return await self._respond("image", name, vectors, k, target, began)
+
+    def _decode_upload(self, data: bytes, name: str) -> np.ndarray:
+        try:
+            image = decode_image(data, self.config.max_image_pixels)
+        except DecodeError as exc:
+            raise RequestError(DECODE_STATUS.get(exc.code, 415), f"upload {name!r}: {exc}") from None
+        return self.searcher.encoder.encoder.preprocessor.to_pixels(image)
+
+    def _check(self, k: int, target: str) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
+            raise RequestError(422, f"k must be an integer within 1..{self.config.max_k}, got {k!r}")
+        if target not in ("image", "text"):
+            raise RequestError(422, f"target must be 'image' or 'text', got {target!r}")
+
+    async def _respond(
+        self, kind: str, query: str, vectors: np.ndarray, k: int, target: str, began: float
+    ) -> SearchResponse:
+        searched = time.perf_counter()
+        hits = await run_in_threadpool(self._search, vectors, k, target)
+        self.metrics.search.labels(target).observe(time.perf_counter() - searched)
+        self.metrics.queries.labels(kind, target).inc()
+        took = round((time.perf_counter() - began) * 1000, 3)
+        return SearchResponse(kind=kind, query=query, target=target, k=k, took_ms=took, results=hits)
+
+    def _search(self, vectors: np.ndarray, k: int, target: str) -> list[Hit]:
+        if self.catalog.count == 0:
+            return []
+        try:
+            found = self.searcher.search_vectors(vectors, min(k, self.catalog.count), target)[0]
+        except ConfigError as exc:
+            raise RequestError(422, str(exc)) from None
+        return [self._hit(h) for h in found]
+
+    def _hit(self, hit: SearchHit) -> Hit:
+        extra = self.catalog.extras(hit.row_id, hit.key)
+        return Hit(
+            **vars(hit),  # SearchHit's fields (asdict() deep-copies: slow on the hot path)
+            metadata=extra["metadata"],
+            width=extra["width"],
+            height=extra["height"],
+            item=f"/items/{quote(hit.key)}",
+            thumbnail=self._thumbnail_link(hit.shard, hit.key),
+        )
+
+    def _thumbnail_link(self, shard: str, key: str, size: str = "small") -> str | None:
+        if not self.thumbnails.has_shard(shard):
+            return None
+        return f"/thumbnails/{quote(key)}" + ("?size=large" if size == "large" else "")
+
+    # --- items and thumbnails -----------------------------------------------------------------------------
+
+    def _row(self, key: str) -> dict[str, Any]:
+        row_id = self.catalog.row_id(key) if len(key) <= MAX_KEY_CHARS else None
+        if row_id is None:
+            raise RequestError(404, f"no sample with key {key[:200]!r} in this index")
+        return self.catalog.rows([row_id])[0]
+
+    def item(self, key: str) -> Item:
+        row = self._row(key)
+        return Item(
+            **row,
+            thumbnail=self._thumbnail_link(row["shard"], row["key"]),
+            image=self._thumbnail_link(row["shard"], row["key"], "large"),
+        )
+
+    def thumbnail(self, key: str, size: str) -> bytes:
+        if size not in ("small", "large"):
+            raise RequestError(422, f"size must be 'small' or 'large', got {size[:50]!r}")
+        row = self._row(key)
+        pixels = self.config.thumbnail_size if size == "small" else self.config.detail_size
+        try:
+            data, cached = self.thumbnails.get(row["shard"], row["offset"], row["key"], pixels)
+        except ThumbnailUnavailable as exc:
+            raise RequestError(404, str(exc)) from None
+        self.metrics.thumbnail_cache.labels("hit" if cached else "miss").inc()
+        return data
+
+    def health(self) -> dict[str, Any]:
+        infos = self.searcher.index.infos
+        return {
+            "status": "ok",
+            "count": infos["count"],
+            "dim": infos["dim"],
+            "model": infos["provenance"].get("model", "?"),
+            "index_key": infos["index_key"],
+            "shards_known": len(self.thumbnails.shard_urls),
+        }
+
+
+def shard_map(patterns: tuple[str, ...]) -> dict[str, str]:
+    """Shard name -> URL for ``--shards`` patterns (globs and braces expanded; two shards with one name refused)."""
+    if not patterns:
+        return {}
+    try:
+        urls = list_shards(list(patterns))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"serve --shards: {exc}") from None
+    return {shard_name(url): url for url in urls}
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
