@@ -84,10 +84,17 @@ def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
     )
 
 
+# Shard-level failures that may be transient (a read that failed, an unexpected exception): a re-run retries them.
+RETRIED_SHARD_ERRORS = ("unreadable_shard", "shard_failed")
+
+
 def is_complete(out: str, shard: str) -> bool:
-    """Both files present: the errors file is written last, so it marks a finished shard."""
+    """Both files present (the errors file is written last, so it marks a finished shard), and the shard did
+    not fail as a whole for a reason worth retrying."""
     outputs = ShardOutputs.for_shard(out, shard)
-    return filesystem.exists(outputs.errors) and filesystem.exists(outputs.embeddings)
+    if not (filesystem.exists(outputs.errors) and filesystem.exists(outputs.embeddings)):
+        return False
+    return not any(code in RETRIED_SHARD_ERRORS for code in read_counts(out, shard).shard_errors)
 
 
 def read_counts(out: str, shard: str) -> ShardCounts:
@@ -127,6 +134,7 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
         device = resolve_device(config.encoder.device)
         config = replace(config, encoder=replace(config.encoder, device=device))
     urls = filesystem.list_shards(config.shards)
+    filesystem.check_writable(config.out)
     todo = [u for u in urls if config.overwrite or not is_complete(config.out, shard_name(u))]
     log.info("%d shards, %d to embed, %d already complete", len(urls), len(todo), len(urls) - len(todo))
 

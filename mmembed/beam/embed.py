@@ -81,14 +81,23 @@ class ReadAndPrepareShard(beam.DoFn):
             return
         window = 4 * self.decode_config.threads + self.encoder_config.batch_size
         with stream:
-            items = iter_shard_samples(stream, shard, self.decode_config.image_extensions)
-            for item in map_ordered(self.pool, self.prepare, items, window):
-                if not (isinstance(item, SampleError) and item.is_shard_error):
-                    Metrics.counter(NAMESPACE, "samples_in").inc()
-                if isinstance(item, SampleError):
-                    yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(item))
-                else:
-                    yield item
+            try:
+                items = iter_shard_samples(stream, shard, self.decode_config.image_extensions)
+                for item in map_ordered(self.pool, self.prepare, items, window):
+                    if not (isinstance(item, SampleError) and item.is_shard_error):
+                        Metrics.counter(NAMESPACE, "samples_in").inc()
+                    if isinstance(item, SampleError):
+                        yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(item))
+                    else:
+                        yield item
+            except Exception as exc:  # noqa: BLE001 - an unexpected failure costs this shard, not the whole job
+                log.exception("shard %s: processing failed", shard)
+                reason = (
+                    f"shard {shard}: stopped by an unexpected error ({type(exc).__name__}: {exc}); the samples "
+                    "read before it are kept; re-run with --overwrite to retry the shard"
+                )
+                error = SampleError(shard, None, None, "shard", "shard_failed", reason)
+                yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(error))
 
 
 class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedSample, OpenClipEncoder]):

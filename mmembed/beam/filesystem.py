@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
 import uuid
 from collections.abc import Callable
 from typing import IO
@@ -11,6 +12,7 @@ from typing import IO
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from mmembed.config import ConfigError
 from mmembed.shards import check_unique_names, expand_braces
 
 _GLOB_CHARS = set("*?[")
@@ -52,18 +54,42 @@ def make_dirs(url: str) -> None:
         os.makedirs(url, exist_ok=True)  # several writers may create it at once (multi-worker runners)
 
 
+def check_writable(url: str) -> None:
+    """Fail fast, before any work, when a local output directory cannot be created or written to.
+
+    Object stores are left to the job: their permissions are the workers', not the launcher's.
+    """
+    if FileSystems.get_scheme(url) is not None:
+        return
+    try:
+        make_dirs(url)
+        with tempfile.NamedTemporaryFile(dir=url, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"output directory {url!r} is not writable ({exc.strerror or exc}); pass an --out you can create files in"
+        ) from exc
+
+
 def write_atomic(url: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write to a hidden temporary name beside ``url``, then rename, so readers never see a partial file."""
+    """Write to a hidden temporary name beside ``url``, then rename, so readers never see a partial file.
+
+    On failure the temporary file is removed; an ``OSError`` (disk full, no permission) gets ``url`` in its message.
+    """
     directory, name = posixpath.split(url)
-    make_dirs(directory)
     tmp = posixpath.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
+        make_dirs(directory)
         with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             write(f)
         FileSystems.rename([tmp], [url])
-    except BaseException:
+    except BaseException as exc:
         if FileSystems.exists(tmp):
             FileSystems.delete([tmp])
+        if isinstance(exc, OSError):  # same errno (so the same subclass), the message names the file being written
+            cause = f"{exc.strerror or exc}" + (f": {exc.filename!r}" if exc.filename else "")
+            message = f"{cause} (while writing {url})"
+            raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from exc
         raise
 
 
