@@ -180,3 +180,14 @@ def test_config_validation() -> None:
         with pytest.raises(ConfigError):
             IndexBuildConfig("emb", "out", **bad)
     assert IndexBuildConfig("emb", "out", max_index_memory="2G").memory_bytes == 2 * 2**30
+
+
+def test_sq8_rerank_reaches_the_target_when_float_rerank_does_not_fit(data, tmp_path: Path) -> None:
+    root, image, _ = data
+    key = "IVF64_HNSW32,PQ8x8np,Refine(SQ8)"
+    config = IndexBuildConfig(str(root), str(tmp_path / "ix"), index_key=key, recall_target=TARGET, tune_queries=300)
+    infos = build_index(config)
+    assert infos["indexes"]["image"]["search_params"].count("k_factor") == 1
+    rows = np.random.default_rng(5).choice(N, 300, replace=False)
+    _, found = load_index(tmp_path / "ix").search(image[rows], 10)
+    assert recall(found, exact_top_k(image, image[rows], 10)) >= 0.95

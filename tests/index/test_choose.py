@@ -55,6 +55,12 @@ def test_large_set_with_room_reranks_with_float_vectors() -> None:
     assert choice.memory_bytes <= 64 * G
 
 
+def test_float_rerank_over_budget_falls_back_to_sq8_rerank() -> None:
+    choice = choose_index(1_000_000, 512, parse_memory("1G"))  # RFlat needs ~2G; SQ8 vectors ~0.5G
+    assert choice.key == "IVF2048_HNSW32,PQ64x8np,Refine(SQ8)" and choice.memory_bytes <= parse_memory("1G")
+    assert estimate_memory(choice.key, 1_000_000, 512) == choice.memory_bytes
+
+
 def test_large_set_on_tight_budget_uses_opq_codes_only() -> None:
     choice = choose_index(10_000_000, 512, 4 * G)
     assert choice.key == "OPQ64_512,IVF8192_HNSW32,PQ64x8np"
@@ -96,8 +102,8 @@ def test_nlist_is_a_power_of_two_with_enough_training_points() -> None:
 
 
 def test_opq_reduces_dim_to_a_multiple_of_m() -> None:
-    assert ivfpq_key(64, 48, 512, refine=True) == ("OPQ48_480,IVF64_HNSW32,PQ48x8np,RFlat", 480)
-    assert ivfpq_key(64, 32, 512, refine=True) == ("IVF64_HNSW32,PQ32x8np,RFlat", None)
+    assert ivfpq_key(64, 48, 512, refine="RFlat") == ("OPQ48_480,IVF64_HNSW32,PQ48x8np,RFlat", 480)
+    assert ivfpq_key(64, 32, 512, refine="RFlat") == ("IVF64_HNSW32,PQ32x8np,RFlat", None)
 
 
 def test_estimate_memory_reads_back_the_chosen_keys() -> None:
