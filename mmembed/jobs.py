@@ -127,7 +127,9 @@ def beam_args(options: Mapping[str, Any]) -> list[str]:
     writes the flag, ``false`` leaves it out (or writes its ``--no_`` flag where Beam has one); ``null`` is Beam's
     default.
     """
-    actions = _beam_option_actions()
+    from mmembed.beam.options import beam_option_actions  # Beam only when a job file is resolved
+
+    actions = beam_option_actions()
     unknown = sorted(k for k in options if k not in actions)
     if unknown:
         hints = {k: difflib.get_close_matches(k, list(actions), n=1) for k in unknown}
@@ -213,22 +215,6 @@ def _plain(value: Any) -> Any:
 
 
 # -- Beam options -------------------------------------------------------------------------------------------------
-
-
-def _beam_option_actions() -> dict[str, list[argparse.Action]]:
-    """Every Beam pipeline option by dest (and by long flag name), from Beam's own option parser."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    captured: list[argparse.ArgumentParser] = []
-    PipelineOptions([]).get_all_options(add_extra_args_fn=captured.append)
-    by_name: dict[str, list[argparse.Action]] = {}
-    for action in captured[0]._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        names = {action.dest} | {s[2:] for s in action.option_strings if s.startswith("--")}
-        for name in names:
-            by_name.setdefault(name, []).append(action)
-    return by_name
 
 
 def _option_args(name: str, value: Any, candidates: list[argparse.Action]) -> list[str]:
