@@ -109,16 +109,26 @@ def iter_vectors(
             raise read_error(path, exc) from exc
 
 
-def iter_ids(files: EmbeddingFiles, batch_size: int = 65_536) -> Iterator[pa.Table]:
-    """Stream the id columns (key, shard, offset, caption, url) in global row-id order."""
+def iter_columns(files: EmbeddingFiles, columns: Sequence[str], batch_size: int = 65_536) -> Iterator[pa.Table]:
+    """Stream ``columns`` of every row in global row-id order; a missing column or a corrupt file is an
+    ``EmbeddingsReadError`` naming the file."""
     for path, rows in zip(files.paths, files.counts, strict=True):
         if rows == 0:
             continue
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=list(ID_COLUMNS)):
+            parquet = pq.ParquetFile(path)
+            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise pa.ArrowInvalid(f"columns {missing} missing; written by an older embed job?")
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns)):
                 yield pa.Table.from_batches([batch])
         except (OSError, pa.ArrowException) as exc:
             raise read_error(path, exc) from exc
+
+
+def iter_ids(files: EmbeddingFiles, batch_size: int = 65_536) -> Iterator[pa.Table]:
+    """Stream the id columns (key, shard, offset, caption, url) in global row-id order."""
+    return iter_columns(files, ID_COLUMNS, batch_size)
 
 
 def gather_rows(files: EmbeddingFiles, column: str, row_ids: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
