@@ -88,13 +88,14 @@ def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
 RETRIED_SHARD_ERRORS = ("unreadable_shard", "shard_failed")
 
 
-def is_complete(out: str, shard: str) -> bool:
-    """Both files present (the errors file is written last, so it marks a finished shard), and the shard did
-    not fail as a whole for a reason worth retrying."""
+def completed_counts(out: str, shard: str) -> ShardCounts | None:
+    """The counts of a finished shard, or None when it must be (re)done: an output is missing (the errors file
+    is written last, so it marks a finished shard) or the shard failed as a whole for a reason worth retrying."""
     outputs = ShardOutputs.for_shard(out, shard)
     if not (filesystem.exists(outputs.errors) and filesystem.exists(outputs.embeddings)):
-        return False
-    return not any(code in RETRIED_SHARD_ERRORS for code in read_counts(out, shard).shard_errors)
+        return None
+    counts = read_counts(out, shard)
+    return None if any(code in RETRIED_SHARD_ERRORS for code in counts.shard_errors) else counts
 
 
 def read_counts(out: str, shard: str) -> ShardCounts:
@@ -135,7 +136,8 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
         config = replace(config, encoder=replace(config.encoder, device=device))
     urls = filesystem.list_shards(config.shards)
     filesystem.check_writable(config.out)
-    todo = [u for u in urls if config.overwrite or not is_complete(config.out, shard_name(u))]
+    done = {} if config.overwrite else {shard_name(u): completed_counts(config.out, shard_name(u)) for u in urls}
+    todo = [u for u in urls if done.get(shard_name(u)) is None]
     log.info("%d shards, %d to embed, %d already complete", len(urls), len(todo), len(urls) - len(todo))
 
     prov = full_provenance(provenance(config.encoder), config.output_dtype)
@@ -152,7 +154,7 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
         result.wait_until_finish()
         counters = job_counters(result)
 
-    counts = [read_counts(config.out, shard_name(u)) for u in urls]
+    counts = [done.get(shard_name(u)) or read_counts(config.out, shard_name(u)) for u in urls]  # skipped: read once
     redone = {shard_name(u) for u in todo}
     processed_samples = sum(c.embedded + sum(c.sample_errors.values()) for c in counts if c.shard in redone)
     summary = summarize(
