@@ -11,9 +11,12 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install system-deps demo test lint format bench clean
 
-# Debian's Chromium drives the browser test (Playwright uses it; it never downloads a browser).
+# Debian packages the tests use: Chromium drives the browser test (Playwright never downloads a browser);
+# dataset-fashion-mnist holds the real images of the training tests and the quality benchmark.
+SYSTEM_PACKAGES := chromium dataset-fashion-mnist
 system-deps:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

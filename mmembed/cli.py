@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from mmembed.commands import dedup, embed, index, run, search, serve
+from mmembed.commands import dedup, embed, index, run, search, serve, train
 from mmembed.config import ConfigError
 
-COMMAND_MODULES = (embed, index, search, dedup, serve, run)
+COMMAND_MODULES = (embed, train, index, search, dedup, serve, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

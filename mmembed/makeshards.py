@@ -42,12 +42,13 @@ class ShardSpec:
 
 @dataclass
 class SourceSample:
-    """One sample to write: where its image is, its caption (None if missing) and metadata."""
+    """One sample to write: its image (a file, or bytes already in memory), caption (None if missing), metadata."""
 
-    image_path: Path
+    image_path: Path  # the file to copy, or with image_bytes just its name (the suffix gives the extension)
     caption: str | None
     metadata: dict[str, Any]
     key: str | None = None  # None: the zero-padded position is the key
+    image_bytes: bytes | None = None
 
 
 def samples_from_folder(images: Path) -> Iterator[SourceSample]:
@@ -122,12 +123,13 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
         str(out / spec.pattern), maxcount=spec.samples_per_shard, verbose=0, encoder=False, mtime=0
     ) as sink:
         for sample in samples:
-            if not sample.image_path.is_file():
+            if sample.image_bytes is None and not sample.image_path.is_file():
                 missing.append(str(sample.image_path))
                 continue
+            image = sample.image_bytes if sample.image_bytes is not None else sample.image_path.read_bytes()
             record: dict[str, Any] = {
                 "__key__": sample.key or f"{written:0{spec.key_digits}d}",
-                _image_extension(sample.image_path): sample.image_path.read_bytes(),
+                _image_extension(sample.image_path): image,
                 "json": json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str).encode(),
             }
             if sample.caption is None:

@@ -16,6 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     source = shards.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images with sidecar <name>.txt captions (and <name>.json)")
     source.add_argument("--manifest", help="CSV or Parquet manifest: image path, caption, extra columns")
+    source.add_argument(
+        "--dataset",
+        choices=("digits", "fashion-mnist"),
+        help="a labelled set an installed package ships (scikit-learn digits; Debian dataset-fashion-mnist), "
+        "captioned from its class names",
+    )
+    shards.add_argument("--split", default="train", choices=("train", "test"), help="with --dataset")
+    shards.add_argument("--limit", type=int, help="with --dataset: at most this many samples")
     shards.add_argument("--image-column", default="image")
     shards.add_argument("--caption-column", default="caption")
     shards.add_argument("--image-root", help="folder that relative manifest image paths are under")
@@ -41,7 +49,11 @@ def make_shards(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.makeshards import ShardSpec, samples_from_folder, samples_from_manifest, write_shards
 
     spec = ShardSpec(out=args.out, samples_per_shard=args.samples_per_shard, pattern=args.pattern)
-    if args.manifest:
+    if args.dataset:
+        from mmembed.labelled import labelled_samples, load
+
+        samples = labelled_samples(load(args.dataset, args.split), limit=args.limit)
+    elif args.manifest:
         image_root = Path(args.image_root) if args.image_root else None
         samples = samples_from_manifest(
             Path(args.manifest), args.image_column, args.caption_column, image_root, args.key_column

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"
 LOCAL_DIR_PREFIX = "local-dir:"
+CHECKPOINT_META_KEY = "mmembed"  # the entry of a checkpoint that ``mmembed train`` fills
 
 
 @cache
@@ -172,6 +174,37 @@ def local_dir_sha256(model: str) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_meta(path: str | Path) -> dict[str, Any] | None:
+    """The metadata ``mmembed train`` stores in its checkpoints, or None for a plain open_clip state dict."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: no mmap
+    meta = checkpoint.get(CHECKPOINT_META_KEY) if isinstance(checkpoint, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def trained_checkpoint_info(config: EncoderConfig) -> dict[str, Any] | None:
+    """For a checkpoint written by ``mmembed train``: how it was trained; refuses it under another model name."""
+    meta = checkpoint_meta(config.checkpoint)
+    if meta is None:
+        return None
+    if meta.get("model") != config.model:
+        raise ConfigError(
+            f"checkpoint {config.checkpoint} was trained as model {meta.get('model')!r}, not {config.model!r}; "
+            f"fix: pass --model {meta.get('model')}"
+        )
+    train = meta.get("train", {})
+    return {
+        "init_weights": meta.get("init_weights"),
+        "steps": meta.get("step"),
+        "epochs": meta.get("epoch"),
+        "samples_per_epoch": meta.get("samples_per_epoch"),
+        "batch_size": train.get("batch_size"),
+        "train_shards": len(train.get("shards", [])),
+    }
+
+
 def provenance(config: EncoderConfig) -> dict[str, Any]:
     """What produced an embedding: enough to refuse mixing models and to reload the same encoder."""
     weights = "random-init"
@@ -184,13 +217,39 @@ def provenance(config: EncoderConfig) -> dict[str, Any]:
     return {
         "model": config.model,
         "pretrained": config.pretrained,
-        "checkpoint": config.checkpoint,
+        # absolute, so search and serve find the file from any working directory
+        "checkpoint": str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
         "checkpoint_sha256": file_sha256(config.checkpoint) if config.checkpoint else None,
+        "trained": trained_checkpoint_info(config) if config.checkpoint else None,
         "weights": weights,
         "init_seed": config.seed if weights == "random-init" else None,
         "dim": embedding_dim(config),
         "preprocessing": resolve_preprocess_cfg(config),
     }
+
+
+def create_model(config: EncoderConfig, device: str) -> torch.nn.Module:
+    """The open_clip model for ``config`` on ``device``: tag, checkpoint file, local dir or seeded random init.
+
+    Shared by embedding (then put in eval mode) and training (the starting weights).
+    """
+    register_bundled_configs()
+    torch.manual_seed(config.seed)  # random-init models are reproducible across workers
+    weights = config.pretrained or config.checkpoint
+    try:
+        model = open_clip.create_model(config.model, pretrained=weights, device=device)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise RuntimeError(
+            f"model {config.model} ({weights or 'random init'}): weights could not be loaded ({exc}); fix: on a "
+            "machine without a model hub, pass --checkpoint FILE (a local open_clip state dict) or "
+            "--model local-dir:/path holding open_clip_config.json and the weights"
+        ) from exc
+    expected = resolve_preprocess_cfg(config)
+    actual = _normalise_cfg(open_clip.get_model_preprocess_cfg(model))
+    if actual != expected:
+        raise RuntimeError(f"model {config.model}: preprocessing {actual} differs from the resolved {expected}")
+    log.info("loaded %s (%s) on %s", config.model, weights or "random init", device)
+    return model
 
 
 class OpenClipEncoder:
@@ -208,25 +267,10 @@ class OpenClipEncoder:
         device = resolve_device(config.device)
         if device == "cpu" and config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        register_bundled_configs()
-        torch.manual_seed(config.seed)  # random-init models are reproducible across workers
-        weights = config.pretrained or config.checkpoint
-        try:
-            model = open_clip.create_model(config.model, pretrained=weights, device=device)
-        except (RuntimeError, OSError, ValueError) as exc:
-            raise RuntimeError(
-                f"model {config.model} ({weights or 'random init'}): weights could not be loaded ({exc}); fix: on a "
-                "machine without a model hub, pass --checkpoint FILE (a local open_clip state dict) or "
-                "--model local-dir:/path holding open_clip_config.json and the weights"
-            ) from exc
+        model = create_model(config, device)
         model.eval()
-        expected = resolve_preprocess_cfg(config)
-        actual = _normalise_cfg(open_clip.get_model_preprocess_cfg(model))
-        if actual != expected:
-            raise RuntimeError(f"model {config.model}: preprocessing {actual} differs from the resolved {expected}")
         dtype = autocast_dtype(config.precision, device)
-        log.info("loaded %s (%s) on %s, autocast=%s", config.model, weights or "random init", device, dtype)
-        return cls(model, ImagePreprocessor(expected), device, dtype)
+        return cls(model, ImagePreprocessor(resolve_preprocess_cfg(config)), device, dtype)
 
     def _autocast(self):
         enabled = self.dtype is not None
