@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from mmembed.commands import dedup, embed, index, run, search, serve, train
+from mmembed.commands import dedup, demo, embed, index, run, search, serve, train
 from mmembed.config import ConfigError
 
-COMMAND_MODULES = (embed, train, index, search, dedup, serve, run)
+COMMAND_MODULES = (embed, train, index, search, dedup, serve, run, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,8 +61,11 @@ def test_cuda_without_cuda_fails_before_any_work(tmp_path: Path, capsys: pytest.
 
 
 def test_demo_runs_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "emb" / "summary.json").read_text())
-    assert summary["embedded"] == summary["samples_in"] == 76 and summary["errors"] == 0
-    assert (tmp_path / "index" / "infos.json").is_file() and "search: 'an orange cat'" in out
+    assert summary["embedded"] == summary["samples_in"] == 360 and summary["errors"] == 0  # the digits' test split
+    assert summary["provenance"]["checkpoint"] == str((tmp_path / "model" / "model.pt").resolve())
+    assert (tmp_path / "index" / "infos.json").is_file() and "search: 'a handwritten seven'" in out
+    assert (tmp_path / "search-results.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "model" / "loss.png").is_file()

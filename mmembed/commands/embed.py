@@ -1,12 +1,11 @@
-"""``make-shards``, ``embed`` and ``demo``: bring data in as WebDataset shards and embed it."""
+"""``make-shards`` and ``embed``: bring data in as WebDataset shards and embed it."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from mmembed.commands.output import format_table, print_json
+from mmembed.commands.output import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,11 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_embed_arguments(embed_parser)
     embed_parser.set_defaults(handler=embed, passes_unknown=True)
 
-    demo_parser = sub.add_parser("demo", help="offline end-to-end demo on photos that scikit-image ships")
-    demo_parser.add_argument("--out", default="demo")
-    demo_parser.add_argument("--model", default="mmembed-tiny")
-    demo_parser.set_defaults(handler=demo, passes_unknown=True)
-
 
 def make_shards(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.makeshards import ShardSpec, samples_from_folder, samples_from_manifest, write_shards
@@ -70,39 +64,6 @@ def embed(args: argparse.Namespace, extra: list[str]) -> int:
     from pipelines.embed import config_from_args, run_job
 
     print_summary(run_job(config_from_args(args), extra))
-    return 0
-
-
-def demo(args: argparse.Namespace, extra: list[str]) -> int:
-    """Photos -> shards -> embeddings -> index -> example searches, offline, all under ``--out``."""
-    from mmembed.config import EmbedJobConfig, EncoderConfig
-    from mmembed.demo import DEMO_QUERIES, write_demo_images
-    from mmembed.index import IndexBuildConfig, build_index
-    from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
-    from mmembed.search import Searcher
-    from pipelines.embed import run_job
-
-    out = Path(args.out)
-    count = write_demo_images(out / "photos")
-    shards = write_shards(samples_from_folder(out / "photos"), ShardSpec(out=str(out / "shards"), samples_per_shard=20))
-    logging.info("demo: %d photos -> %d shards", count, len(shards["shards"]))
-    config = EmbedJobConfig(
-        shards=(str(out / "shards" / "*.tar"),),
-        out=str(out / "emb"),
-        encoder=EncoderConfig(model=args.model, batch_size=16),
-        overwrite=True,
-    )
-    print_summary(run_job(config, extra))
-    emb = out / "emb"
-    print(f"embeddings: {emb / 'embeddings'}  errors: {emb / 'errors'}  summary: {emb / 'summary.json'}")
-
-    index_dir = out / "index"
-    build_index(IndexBuildConfig(embeddings_dir=str(emb), out_dir=str(index_dir), overwrite=True))
-    searcher = Searcher.from_dir(index_dir)
-    for query in DEMO_QUERIES:
-        hits = [hit.to_dict() for hit in searcher.search_text(query, k=3)[0]]
-        print(f"\nsearch: {query!r}\n{format_table(hits, ['rank', 'score', 'key', 'caption'])}")
-    print(f"\nindex: {index_dir}  try: .venv/bin/mmembed search 'a cat' --index {index_dir}")
     return 0
 
 

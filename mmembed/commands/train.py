@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="eval transform, no random crop")
     parser.add_argument("--shuffle-buffer", type=int, default=10_000)
     parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: per epoch)")
+    parser.add_argument(
+        "--keep-epoch-checkpoints", action="store_true", help="keep checkpoints/epoch_<n>.pt besides latest.pt"
+    )
     parser.add_argument("--log-every", type=int, default=20, help="steps between progress lines")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="autocast (auto: bf16/fp16 on GPU)")
@@ -69,6 +72,7 @@ def config_from_args(args: argparse.Namespace):
         augment=args.augment,
         shuffle_buffer=args.shuffle_buffer,
         checkpoint_every=args.checkpoint_every,
+        keep_epoch_checkpoints=args.keep_epoch_checkpoints,
         log_every=args.log_every,
         resume=args.resume,
         overwrite=args.overwrite,

@@ -32,6 +32,7 @@ class TrainConfig:
     augment: bool = True  # open_clip's training transform (random resized crop) instead of the eval one
     shuffle_buffer: int = 10_000
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch only
+    keep_epoch_checkpoints: bool = False  # also keep checkpoints/epoch_<n>.pt (one full checkpoint per epoch)
     log_every: int = 20
     resume: bool = False
     overwrite: bool = False

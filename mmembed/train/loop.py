@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import time
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.autocast == torch.float16)
         self.errors: list[SampleError] = []
         self.state = RunState()
+        self.saved_step = -1  # the step of the last checkpoint written
         if config.resume and self.files.latest.is_file():
             self._resume()
 
@@ -162,6 +164,8 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.state = run_state(saved)
         self.errors = self.files.read_errors()
+        self.files.drop_metrics_after(self.state.step)  # steps after the checkpoint are trained again
+        self.saved_step = self.state.step
         log.info("resuming %s at step %d (epoch %d, sample %d)", self.files.latest, *asdict(self.state).values())
 
     def step(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[float, float]:
@@ -189,7 +193,7 @@ class Trainer:
         started = time.monotonic()
         first_step = self.state.step
         self.model.train()
-        recent: list[float] = []
+        recent: deque[float] = deque(maxlen=config.log_every)
         log.info(
             "training %s on %d shards (%d samples/epoch): %d steps of %d, %d epoch(s), on %s",
             config.init.model,
@@ -200,70 +204,70 @@ class Trainer:
             config.epochs,
             self.device,
         )
-        for epoch in range(self.state.epoch, config.epochs):
-            on_error = self.errors.append if epoch == 0 else None  # the same samples fail every epoch
-            for batch in self.batches.epoch(epoch, skip=self.state.position, on_error=on_error):
-                if self.state.step >= self.total_steps:
-                    break  # --max-steps reached inside the epoch
-                loss, lr = self.step(batch.images, batch.tokens)
-                self.state = RunState(self.state.step + 1, epoch, batch.position)
-                recent = (recent + [loss])[-config.log_every :]
-                if self.state.step % config.log_every == 0 or self.state.step == self.total_steps:
-                    self._log_progress(recent, lr, started, first_step)
-                if config.checkpoint_every and self.state.step % config.checkpoint_every == 0:
-                    self._checkpoint()
-            else:  # the epoch's samples ran out
-                self.state = RunState(self.state.step, epoch + 1, 0)
-                self._checkpoint(epoch_end=True)
-                continue
-            break
-        self._checkpoint()
+        with self.files.metrics.open("a", encoding="utf-8", buffering=1) as metrics:
+            for epoch in range(self.state.epoch, config.epochs):
+                on_error = self.errors.append if epoch == 0 else None  # the same samples fail every epoch
+                for batch in self.batches.epoch(epoch, skip=self.state.position, on_error=on_error):
+                    if self.state.step >= self.total_steps:
+                        break  # --max-steps reached inside the epoch
+                    loss, lr = self.step(batch.images, batch.tokens)
+                    self.state = RunState(self.state.step + 1, epoch, batch.position)
+                    recent.append(loss)
+                    metrics.write(json.dumps(self._metrics_entry(loss, lr, started)) + "\n")
+                    if self.state.step % config.log_every == 0 or self.state.step == self.total_steps:
+                        self._log_progress(recent, lr, started, first_step)
+                    if config.checkpoint_every and self.state.step % config.checkpoint_every == 0:
+                        self._checkpoint()
+                else:  # the epoch's samples ran out
+                    self.state = RunState(self.state.step, epoch + 1, 0)
+                    self._checkpoint(epoch_end=True)
+                    continue
+                break
+        if self.saved_step != self.state.step:
+            self._checkpoint()
         save_atomic(model_checkpoint(self.model, self.meta, self.state), self.files.model)
-        summary = self._summary(started, first_step)
+        summary = self._summary(started, first_step, recent)
         self.files.summary.write_text(json.dumps(summary, indent=2), encoding="utf-8")
         return summary
 
-    def _log_progress(self, recent: list[float], lr: float, started: float, first_step: int) -> None:
-        done = self.state.step - first_step
-        elapsed = time.monotonic() - started
-        rate = done * self.config.batch_size / max(elapsed, 1e-9)
-        eta = (self.total_steps - self.state.step) * self.config.batch_size / max(rate, 1e-9)
-        scale = float(self.model.logit_scale.detach().exp())
-        entry = {
+    def _metrics_entry(self, loss: float, lr: float, started: float) -> dict[str, Any]:
+        """One line of metrics.jsonl: the step's loss, learning rate and logit scale."""
+        return {
             "step": self.state.step,
             "epoch": self.state.epoch,
-            "loss": sum(recent) / len(recent),
-            "last_loss": recent[-1],
+            "loss": loss,
             "lr": lr,
-            "logit_scale": scale,
-            "samples_per_s": rate,
-            "seconds": elapsed,
+            "logit_scale": float(self.model.logit_scale.detach().exp()),
+            "seconds": round(time.monotonic() - started, 3),
         }
-        with self.files.metrics.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+
+    def _log_progress(self, recent: deque[float], lr: float, started: float, first_step: int) -> None:
+        rate = (self.state.step - first_step) * self.config.batch_size / max(time.monotonic() - started, 1e-9)
+        eta = (self.total_steps - self.state.step) * self.config.batch_size / max(rate, 1e-9)
         log.info(
-            "epoch %d step %d/%d loss %.4f lr %.2e scale %.1f %.0f samples/s eta %.0fs",
+            "epoch %d step %d/%d loss %.4f (mean of %d) lr %.2e scale %.1f %.0f samples/s eta %.0fs",
             self.state.epoch + 1,
             self.state.step,
             self.total_steps,
-            entry["loss"],
+            sum(recent) / len(recent),
+            len(recent),
             lr,
-            scale,
+            float(self.model.logit_scale.detach().exp()),
             rate,
             eta,
         )
 
     def _checkpoint(self, epoch_end: bool = False) -> None:
-        """latest.pt (and epoch_<n>.pt at an epoch's end), the errors so far and the loss plot."""
+        """latest.pt (and epoch_<n>.pt at an epoch's end if asked), the errors so far and the loss plot."""
         save_atomic(training_checkpoint(self.model, self.optimizer, self.state, self.meta), self.files.latest)
-        if epoch_end:
+        if epoch_end and self.config.keep_epoch_checkpoints:
             shutil.copyfile(self.files.latest, self.files.epoch_checkpoint(self.state.epoch))
+        self.saved_step = self.state.step
         filesystem.write_atomic(str(self.files.errors), lambda f: pq.write_table(errors_table(self.errors), f))
         plot_loss(read_metrics(self.files.metrics), self.files.loss_plot, f"{self.config.init.model} training loss")
 
-    def _summary(self, started: float, first_step: int) -> dict[str, Any]:
+    def _summary(self, started: float, first_step: int, recent: deque[float]) -> dict[str, Any]:
         seconds = time.monotonic() - started
-        metrics = read_metrics(self.files.metrics)
         codes: dict[str, int] = {}
         for error in self.errors:
             codes[error.code] = codes.get(error.code, 0) + 1
@@ -275,7 +279,7 @@ class Trainer:
             "epochs_completed": self.state.epoch,
             "samples_per_epoch": self.meta["samples_per_epoch"],
             "samples_trained": self.state.step * self.config.batch_size,
-            "final_loss": metrics[-1]["loss"] if metrics else None,
+            "final_loss": sum(recent) / len(recent) if recent else None,  # mean over the last log interval
             "errors": len(self.errors),
             "errors_by_code": codes,
             "seconds": round(seconds, 2),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,13 @@ class RunFiles:
                 "--overwrite to start over, or another --out"
             )
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def drop_metrics_after(self, step: int) -> None:
+        """Keep the metrics lines up to ``step`` (a resume trains the later steps again)."""
+        if self.metrics.is_file():
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            self.metrics.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def read_errors(self) -> list[SampleError]:
         """The error records a resumed run had written so far."""

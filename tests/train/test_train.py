@@ -20,7 +20,7 @@ from tests.train.conftest import SMALL, small_run
 
 
 def test_run_writes_model_checkpoints_metrics_and_plot(digit_shards: list[str], tmp_path: Path) -> None:
-    summary = train(small_run(digit_shards, tmp_path / "run"))
+    summary = train(small_run(digit_shards, tmp_path / "run", keep_epoch_checkpoints=True))
     run = tmp_path / "run"
     assert summary["steps"] == 2 * (160 // 32) and summary["epochs_completed"] == 2
     assert summary["samples_per_epoch"] == 160 and summary["errors"] == 0
@@ -37,7 +37,7 @@ def test_run_writes_model_checkpoints_metrics_and_plot(digit_shards: list[str], 
 
 def test_loss_falls_while_training(digit_shards: list[str], tmp_path: Path) -> None:
     train(small_run(digit_shards, tmp_path / "run", epochs=10, warmup_steps=10))
-    losses = [json.loads(line)["last_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
 
 
@@ -96,6 +96,9 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(
 
     resumed = train(small_run(digit_shards, tmp_path / "split", checkpoint_every=3, resume=True))
     assert resumed["steps"] == whole["steps"] == 10
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))  # the steps after the checkpoint were logged once, not twice
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir()) == ["latest.pt"]
     a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "split" / "model.pt", weights_only=True)["state_dict"]
     for name in a:
