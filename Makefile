@@ -1,5 +1,5 @@
 # mmembed: one command to set up and run the demo, one to set up and run the tests.
-#   make demo   -> .venv/, then the offline end-to-end embed job on bundled photos (out: demo/)
+#   make demo   -> .venv/, then offline end to end: digits -> train a small model -> embed -> index -> search (out: demo/)
 #   make test   -> .venv/, then lint + the whole test suite (what CI runs)
 
 PYTHON ?= python3

@@ -66,6 +66,8 @@ class DecodeConfig:
     metadata_key: str = "json"
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
     threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # decode/resize threads per worker
+    # sha256 and perceptual hash of each image: the embed job stores them; training needs neither
+    fingerprints: bool = True
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1:

@@ -141,8 +141,8 @@ def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | Sampl
         metadata=metadata,
         width=image.width,
         height=image.height,
-        sha256=hashlib.sha256(image_bytes).hexdigest(),
-        phash=perceptual_hash(image),
+        sha256=hashlib.sha256(image_bytes).hexdigest() if config.fingerprints else None,
+        phash=perceptual_hash(image) if config.fingerprints else None,
     )
 
 

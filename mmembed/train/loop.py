@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ class Trainer:
         tokenizer = CaptionTokenizer(config.init)
         self.batches = TrainBatches(
             self.urls,
-            config.decode,
+            replace(config.decode, fingerprints=False),
             image_transform_v2(preprocess, is_train=config.augment),
             lambda captions: torch.from_numpy(tokenizer(captions)),
             config.batch_size,
