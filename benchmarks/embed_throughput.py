@@ -4,16 +4,18 @@ Both sides do the same work per run and are timed end to end (what a user waits 
 
 * beam:  ``pipelines.embed.run_job(EmbedJobConfig(..., overwrite=True))`` into a fresh output dir.
   Without ``--beam-args`` this is Beam's in-process FnApiRunner (the job's default local runner).
-* plain: ``webdataset.WebDataset(urls)`` -> PIL decode -> open_clip's own eval transform + tokenizer in
-  ``torch.utils.data.DataLoader`` workers -> ``model.encode_image`` / ``encode_text`` -> L2-normalise ->
-  one Parquet file per shard (pyarrow), into a fresh output dir.
+* plain: ``webdataset.WebDataset(urls)`` -> PIL decode -> open_clip's own eval transform + tokenizer and
+  ``imagehash.phash`` in ``torch.utils.data.DataLoader`` workers -> ``model.encode_image`` /
+  ``encode_text`` -> L2-normalise -> one Parquet file per shard (pyarrow), into a fresh output dir.
+  The perceptual hash is a column the job writes (dedup reads it) and costs about as much per sample
+  as the image tower of the tiny model, so the plain loop computes it too.
 
 Each timed run of either side includes: building/loading the model, starting the pipeline or the
-DataLoader workers, reading the tars, decoding JPEGs, resize/crop/normalise, tokenizing, both towers,
-L2-normalising and writing Parquet. Excluded from both: Python imports, shard creation, output-dir
-setup. A warm-up run of each side (reported, not in the medians) absorbs one-time process costs
-(lazy imports inside Beam/torch, the page cache). Beam and plain runs are interleaved, alternating
-which goes first, and the medians over ``--repeats`` runs are compared.
+DataLoader workers, reading the tars, decoding JPEGs, resize/crop/normalise, tokenizing, the perceptual
+hash, both towers, L2-normalising and writing Parquet. Excluded from both: Python imports, shard
+creation, output-dir setup. A warm-up run of each side (reported, not in the medians) absorbs one-time
+process costs (lazy imports inside Beam/torch, the page cache). Beam and plain runs are interleaved,
+alternating which goes first, and the medians over ``--repeats`` runs are compared.
 
 Run it from the repository root (no network needed; the default model is the bundled random-init
 ``mmembed-tiny``, and the shards are made from photos that scikit-image ships)::
@@ -28,8 +30,6 @@ Run it from the repository root (no network needed; the default model is the bun
 ``--beam-args`` is passed to ``run_job`` as Beam pipeline options. Without ``--runner`` in it, the job
 uses the in-process FnApiRunner, which itself honours ``--direct_num_workers`` and
 ``--direct_running_mode`` (multi_threading / multi_processing), so no explicit runner is needed for those.
-With two or more workers the job can fail with ``FileExistsError`` (two shard writers racing to create the
-output dir in ``mmembed.beam.filesystem.make_dirs``); that is a bug in the job, not in this benchmark.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import imagehash
 import numpy as np
 import open_clip
 import pyarrow as pa
@@ -242,6 +243,7 @@ class PlainSampleTransform:
             image.width,
             image.height,
             hashlib.sha256(image_bytes).hexdigest(),
+            np.packbits(imagehash.phash(image).hash.ravel()).tobytes(),  # 8 bytes, as the job stores it
         )
 
 
@@ -280,7 +282,7 @@ def write_plain_shard(path: Path, rows: list[tuple], image: np.ndarray, text: np
     """One shard's rows, sorted by key, as Parquet with fixed-size-list embeddings."""
     order = sorted(range(len(rows)), key=lambda i: rows[i][0])
     rows = [rows[i] for i in order]
-    names = ("key", "shard", "caption", "metadata", "width", "height", "sha256")
+    names = ("key", "shard", "caption", "metadata", "width", "height", "sha256", "phash")
     columns: dict[str, Any] = {name: [row[j] for row in rows] for j, name in enumerate(names)}
     dim = image.shape[1]
     for name, values in (("image_embedding", image[order]), ("text_embedding", text[order])):
@@ -323,16 +325,13 @@ def embed_plain(config: BenchConfig, urls: list[str], out: Path, device: str) ->
 
 
 def compare_outputs(beam_out: str, plain_out: str) -> dict[str, Any]:
-    """Row counts and the largest embedding difference between one beam and one plain run."""
+    """Row counts, the largest embedding difference and equal perceptual hashes between one beam and one plain run."""
 
-    def load(out: str) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-        table = pq.read_table(Path(out) / "embeddings", columns=["shard", "key", "image_embedding", "text_embedding"])
-        rows = table.to_pydict()
+    def load(out: str) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, bytes]]:
+        columns = ["shard", "key", "image_embedding", "text_embedding", "phash"]
+        rows = pq.read_table(Path(out) / "embeddings", columns=columns).to_pydict()
         return {
-            (s, k): (np.asarray(i), np.asarray(t))
-            for s, k, i, t in zip(
-                rows["shard"], rows["key"], rows["image_embedding"], rows["text_embedding"], strict=True
-            )
+            (s, k): (np.asarray(i), np.asarray(t), p) for s, k, i, t, p in zip(*(rows[c] for c in columns), strict=True)
         }
 
     beam, plain = load(beam_out), load(plain_out)
@@ -345,6 +344,7 @@ def compare_outputs(beam_out: str, plain_out: str) -> dict[str, Any]:
         "common_rows": len(common),
         "max_abs_diff_image": image_diff,
         "max_abs_diff_text": text_diff,
+        "equal_phash": sum(beam[k][2] == plain[k][2] for k in common),
     }
 
 
@@ -403,9 +403,9 @@ def summarize(config: BenchConfig, context: dict[str, Any], results: list[RunRes
 
 TIMING_NOTE = (
     "every run is end to end and both sides include: model build/load, pipeline / DataLoader-worker startup,\n"
-    "  tar reading, JPEG decode, resize+crop+normalise, tokenize, image+text towers, L2-normalise, one Parquet\n"
-    "  file per shard. beam also writes errors/<shard>.parquet, re-reads Parquet footers and writes summary.json\n"
-    "  (run_job's own bookkeeping). Excluded from both: imports, shard creation, output-dir setup.\n"
+    "  tar reading, JPEG decode, resize+crop+normalise, tokenize, perceptual hash, image+text towers, L2-normalise,\n"
+    "  one Parquet file per shard. beam also writes errors/<shard>.parquet, re-reads Parquet footers and writes\n"
+    "  summary.json (run_job's own bookkeeping). Excluded from both: imports, shard creation, output-dir setup.\n"
     "  Warm-up runs pay one-time process costs (lazy imports, page cache) and are not in the medians.\n"
     "  cpu ms/sample: user+system CPU of this process and its exited children (DataLoader workers, Beam SDK\n"
     "  subprocesses), i.e. the work each side spends per sample; it still inflates when a VM's host is busy.\n"
@@ -459,6 +459,7 @@ def print_report(summary: dict[str, Any], check: dict[str, Any]) -> None:
     print(
         f"outputs agree: beam {check['beam_rows']} rows, plain {check['plain_rows']} rows, {check['common_rows']} "
         f"in common; max |beam - plain| image {check['max_abs_diff_image']:.2e}, text {check['max_abs_diff_text']:.2e}"
+        f"; equal phash {check['equal_phash']}"
     )
 
 

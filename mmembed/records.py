@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,3 +81,46 @@ class EmbeddedSample:
     image_embedding: np.ndarray
     text_embedding: np.ndarray
     similarity: float
+
+
+@dataclass
+class EmbeddedChunk:
+    """Finished rows of one shard: their fields plus row-aligned embeddings and cosines."""
+
+    shard: str
+    rows: list[dict[str, Any]]
+    image_embeddings: np.ndarray  # float32, N x dim, L2-normalised
+    text_embeddings: np.ndarray  # float32, N x dim, L2-normalised
+    similarity: np.ndarray  # float32, N
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def per_shard(
+        cls, rows: Sequence[dict[str, Any]], image: np.ndarray, text: np.ndarray, similarity: np.ndarray
+    ) -> list[EmbeddedChunk]:
+        """One batch's row-aligned results -> one chunk per shard in it (shards in order of first row)."""
+        by_shard: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_shard.setdefault(row["shard"], []).append(i)
+        return [
+            cls(shard, [rows[i] for i in index], image[index], text[index], similarity[index])
+            for shard, index in by_shard.items()
+        ]
+
+    @classmethod
+    def join(cls, shard: str, chunks: Sequence[EmbeddedChunk]) -> EmbeddedChunk:
+        """All chunks of a shard (in any order) as one, rows sorted by their offset in the tar."""
+        if not chunks:
+            empty = np.zeros((0, 0), np.float32)
+            return cls(shard, [], empty, empty, np.zeros(0, np.float32))
+        rows = [row for chunk in chunks for row in chunk.rows]
+        order = np.argsort([row["offset"] for row in rows], kind="stable")
+        return cls(
+            shard,
+            [rows[i] for i in order],
+            np.concatenate([chunk.image_embeddings for chunk in chunks])[order],
+            np.concatenate([chunk.text_embeddings for chunk in chunks])[order],
+            np.concatenate([chunk.similarity for chunk in chunks])[order],
+        )

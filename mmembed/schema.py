@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmembed import __version__
-from mmembed.records import EmbeddedSample, SampleError
+from mmembed.records import EmbeddedChunk, EmbeddedSample, SampleError
 
 PROVENANCE_KEY = b"mmembed.provenance"
 PHASH_BYTES = 8
@@ -26,6 +26,10 @@ IDENTITY_KEYS = (
     "normalized",
 )
 ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+# The embeddings table's per-sample columns (a row dict's keys), before the two vectors and their cosine.
+ROW_FIELDS = ("key", "shard", "offset", "caption", "metadata", "url", "width", "height", "sha256", "phash")
+Vectors = np.ndarray | Sequence[np.ndarray]  # N x dim, or N vectors of dim
+Cosines = np.ndarray | Sequence[float]
 
 ERRORS_SCHEMA = pa.schema(
     [
@@ -75,18 +79,33 @@ def read_provenance(schema: pa.Schema) -> dict[str, Any] | None:
 
 
 def embeddings_table(samples: Sequence[EmbeddedSample], schema: pa.Schema) -> pa.Table:
-    """Rows -> a table of ``schema`` (in the given order)."""
+    """Per-sample rows -> a table of ``schema`` (in the given order)."""
+    return _table(
+        [s.row for s in samples],
+        [s.image_embedding for s in samples],
+        [s.text_embedding for s in samples],
+        [s.similarity for s in samples],
+        schema,
+    )
+
+
+def chunk_table(chunk: EmbeddedChunk, schema: pa.Schema) -> pa.Table:
+    """A chunk's rows and embedding arrays -> a table of ``schema`` (in the chunk's order)."""
+    return _table(chunk.rows, chunk.image_embeddings, chunk.text_embeddings, chunk.similarity, schema)
+
+
+def _table(
+    rows: Sequence[dict[str, Any]], image: Vectors, text: Vectors, similarity: Cosines, schema: pa.Schema
+) -> pa.Table:
+    """Row fields plus row-aligned embeddings and cosines -> a table of ``schema``, converted column-wise."""
     dim = schema.field("image_embedding").type.list_size
-    np_dtype = np.float16 if schema.field("image_embedding").type.value_type == pa.float16() else np.float32
-    columns: dict[str, Any] = {
-        name: [s.row[name] for s in samples]
-        for name in ("key", "shard", "offset", "caption", "metadata", "url", "width", "height", "sha256", "phash")
-    }
-    for name in ("image_embedding", "text_embedding"):
-        flat = np.concatenate([getattr(s, name) for s in samples]) if samples else np.zeros(0)
-        values = pa.array(flat.astype(np_dtype), type=schema.field(name).type.value_type)
+    value_type = schema.field("image_embedding").type.value_type
+    np_dtype = np.float16 if value_type == pa.float16() else np.float32
+    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in ROW_FIELDS}
+    for name, vectors in (("image_embedding", image), ("text_embedding", text)):
+        values = pa.array(np.asarray(vectors, dtype=np_dtype).reshape(-1), type=value_type)
         columns[name] = pa.FixedSizeListArray.from_arrays(values, dim)
-    columns["similarity"] = pa.array([s.similarity for s in samples], type=pa.float32())
+    columns["similarity"] = pa.array(np.asarray(similarity, dtype=np.float32), type=pa.float32())
     return pa.Table.from_pydict(columns, schema=schema)
 
 

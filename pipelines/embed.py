@@ -147,7 +147,7 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
         pipeline = test_pipeline if test_pipeline is not None else make_pipeline(beam_args)
         _ = (
             pipeline
-            | "Shards" >> beam.Create(todo)
+            | "Shards" >> beam.Create(todo, reshuffle=False)  # EmbedShards spreads them itself
             | "Embed" >> EmbedShards(config.encoder, config.decode, config.out, schema, len(todo))
         )
         result = pipeline.run()

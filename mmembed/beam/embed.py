@@ -1,7 +1,9 @@
 """Beam pieces of the embed job: read + decode shards, preprocess, RunInference, write per-shard Parquet.
 
-Each DoFn is a thin wrapper around a plain function in ``mmembed``; every sample leaves as an
-``EmbeddedSample`` or a ``SampleError``, and the writer groups both by shard.
+Each DoFn is a thin wrapper around a plain function in ``mmembed``. Samples go into RunInference one
+element each, so batches fill as samples arrive; they come out as one ``EmbeddedChunk`` per shard
+in a batch, so grouping and writing handle a few arrays per batch rather than an element per sample.
+Every sample ends in an embedded chunk or as a ``SampleError``, and the writer groups both by shard.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from mmembed.encoders.openclip import CaptionTokenizer, ImagePreprocessor, OpenC
 from mmembed.outputs import ShardOutputs
 from mmembed.parallel import map_ordered
 from mmembed.preprocess import prepare_sample
-from mmembed.records import STAGE_ENCODE, EmbeddedSample, ModelInput, RawSample, SampleError
-from mmembed.schema import embeddings_table, errors_table
+from mmembed.records import STAGE_ENCODE, EmbeddedChunk, ModelInput, RawSample, SampleError
+from mmembed.schema import chunk_table, errors_table
 from mmembed.shards import iter_shard_samples, shard_name
 
 from . import filesystem
@@ -100,11 +102,14 @@ class ReadAndPrepareShard(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(error))
 
 
-class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedSample, OpenClipEncoder]):
-    """RunInference handler: batches of ``ModelInput`` -> ``EmbeddedSample`` through both towers.
+class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedChunk, OpenClipEncoder]):
+    """RunInference handler: a batch of ``ModelInput`` -> both towers -> one ``EmbeddedChunk`` per shard in it.
 
-    The model loads in ``load_model`` on the worker. On a GPU the model is shared across the SDK
-    processes of a worker (one copy per GPU), instead of one copy per process.
+    Inputs stay one element per sample: a batch runs as soon as it is full, while the decode threads
+    keep going (whole-chunk inputs measured slower: each shard's last chunk ran with the decoders
+    idle). Outputs are per shard, so downstream Beam codes and groups a few arrays per batch instead
+    of an element per sample. The model loads in ``load_model`` on the worker. On a GPU the model is
+    shared across the SDK processes of a worker (one copy per GPU), instead of one copy per process.
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -122,15 +127,13 @@ class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedSample, OpenClipEnco
 
     def run_inference(
         self, batch: Sequence[ModelInput], model: OpenClipEncoder, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[EmbeddedSample]:
+    ) -> Iterable[EmbeddedChunk]:
         pixels = np.stack([item.pixels for item in batch])
         tokens = np.stack([item.tokens for item in batch])
         image_emb, text_emb = model.embed(pixels, tokens)
         similarity = np.einsum("ij,ij->i", image_emb, text_emb)
         Metrics.counter(NAMESPACE, "embedded").inc(len(batch))
-        return [
-            EmbeddedSample(item.row, image_emb[i], text_emb[i], float(similarity[i])) for i, item in enumerate(batch)
-        ]
+        return EmbeddedChunk.per_shard([item.row for item in batch], image_emb, text_emb, similarity)
 
     def get_num_bytes(self, batch: Sequence[ModelInput]) -> int:
         return sum(item.pixels.nbytes + item.tokens.nbytes for item in batch)
@@ -158,7 +161,8 @@ def failed_batch_to_errors(failure: tuple[Sequence[ModelInput], Exception]) -> I
 
 
 class WriteShardOutputs(beam.DoFn):
-    """(shard, {rows, errors}) -> embeddings/<shard>.parquet then errors/<shard>.parquet, atomically."""
+    """(shard, {chunks, errors}) -> embeddings/<shard>.parquet (rows by offset) then errors/<shard>.parquet,
+    atomically."""
 
     def __init__(self, out: str, schema: Any, total_shards: int) -> None:
         self.out = out
@@ -169,22 +173,22 @@ class WriteShardOutputs(beam.DoFn):
 
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[dict[str, Any]]:
         shard, grouped = element
-        rows = sorted(grouped["rows"], key=lambda s: s.row["offset"])
+        embedded = EmbeddedChunk.join(shard, list(grouped["chunks"]))
         errors = sorted(grouped["errors"], key=lambda e: (e.key is None, e.key or "", e.member or ""))
         outputs = ShardOutputs.for_shard(self.out, shard)
-        filesystem.write_atomic(outputs.embeddings, lambda f: pq.write_table(embeddings_table(rows, self.schema), f))
+        filesystem.write_atomic(outputs.embeddings, lambda f: pq.write_table(chunk_table(embedded, self.schema), f))
         filesystem.write_atomic(outputs.errors, lambda f: pq.write_table(errors_table(errors), f))
         self.written.inc()
         self.done += 1
         log.info(
             "shard %s: %d embedded, %d errors (%d shards written by this worker, %d in the job)",
             shard,
-            len(rows),
+            len(embedded),
             len(errors),
             self.done,
             self.total_shards,
         )
-        yield {"shard": shard, "embedded": len(rows), "errors": len(errors)}
+        yield {"shard": shard, "embedded": len(embedded), "errors": len(errors)}
 
 
 class EmbedShards(beam.PTransform):
@@ -210,7 +214,7 @@ class EmbedShards(beam.PTransform):
         errors = (prepared[ERRORS_TAG], encode_errors) | "AllErrors" >> beam.Flatten()
         grouped = {
             "shards": urls | "KeyShards" >> beam.Map(lambda url: (shard_name(url), url)),
-            "rows": inference[0] | "KeyRows" >> beam.Map(lambda s: (s.row["shard"], s)),
+            "chunks": inference[0] | "KeyChunks" >> beam.Map(lambda c: (c.shard, c)),
             "errors": errors | "KeyErrors" >> beam.Map(lambda e: (e.shard, e)),
         }
         return (

@@ -1,4 +1,4 @@
-"""The RunInference model handler: batching, one copy per GPU, and failed batches recorded per sample."""
+"""The RunInference model handler: batching, one copy per GPU, per-shard outputs, failed batches recorded per sample."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from mmembed.records import ModelInput
 from tests.helpers import offline_test_pipeline
 
 
-def model_inputs(config: EncoderConfig, count: int) -> list[ModelInput]:
+def model_inputs(config: EncoderConfig, count: int, shards: Sequence[str] = ("s",)) -> list[ModelInput]:
+    """``count`` samples with keys ``k0``, ``k1``, ...; sample i belongs to ``shards[i * len(shards) // count]``."""
     rng = np.random.default_rng(0)
     size = resolve_preprocess_cfg(config)["size"]
     tokens = CaptionTokenizer(config)([f"caption {i}" for i in range(count)])
     return [
         ModelInput(
-            row={"shard": "s", "key": f"k{i}", "offset": i},
+            row={"shard": shards[i * len(shards) // count], "key": f"k{i}", "offset": i},
             pixels=rng.integers(0, 256, (*size, 3), dtype=np.uint8),
             tokens=tokens[i],
         )
@@ -39,16 +40,24 @@ def test_gpu_handler_shares_one_model_copy_and_cpu_does_not(tiny_config: Encoder
     assert not OpenClipModelHandler(tiny_config).share_model_across_processes()
 
 
-def test_run_inference_is_normalised_and_batch_independent(tiny_config: EncoderConfig) -> None:
+def test_run_inference_is_normalised_batch_independent_and_one_chunk_per_shard(tiny_config: EncoderConfig) -> None:
     handler = OpenClipModelHandler(tiny_config)
     model = handler.load_model()
-    inputs = model_inputs(tiny_config, 5)
+    inputs = model_inputs(tiny_config, 6, shards=("a", "b"))
     whole = handler.run_inference(inputs, model)
-    parts = list(handler.run_inference(inputs[:2], model)) + list(handler.run_inference(inputs[2:], model))
-    for a, b in zip(whole, parts, strict=True):
-        np.testing.assert_allclose(a.image_embedding, b.image_embedding, atol=1e-5)
-        assert abs(np.linalg.norm(a.text_embedding) - 1) < 1e-5
-        assert abs(a.similarity - float(np.dot(a.image_embedding, a.text_embedding))) < 1e-6
+    assert [(c.shard, [row["key"] for row in c.rows]) for c in whole] == [
+        ("a", ["k0", "k1", "k2"]),
+        ("b", ["k3", "k4", "k5"]),
+    ]
+    parts = [*handler.run_inference(inputs[:2], model), *handler.run_inference(inputs[2:], model)]
+    assert [(c.shard, len(c)) for c in parts] == [("a", 2), ("a", 1), ("b", 3)]
+    for name in ("image_embeddings", "text_embeddings", "similarity"):
+        joined = np.concatenate([getattr(c, name) for c in whole])
+        np.testing.assert_allclose(np.concatenate([getattr(c, name) for c in parts]), joined, atol=1e-5)
+    for chunk in whole:
+        np.testing.assert_allclose(np.linalg.norm(chunk.text_embeddings, axis=1), 1, atol=1e-5)
+        cosine = np.sum(chunk.image_embeddings * chunk.text_embeddings, axis=1)
+        np.testing.assert_allclose(chunk.similarity, cosine, atol=1e-6)
 
 
 class FailsOnKey(OpenClipModelHandler):
@@ -68,8 +77,8 @@ def test_a_failing_batch_becomes_one_error_per_sample(tiny_config: EncoderConfig
         )
         errors = failed.failed_inferences | beam.FlatMap(failed_batch_to_errors)
         assert_that(
-            good | "GoodKeys" >> beam.Map(lambda s: s.row["key"]) | "n" >> beam.combiners.Count.Globally(),
-            equal_to([4]),
+            good | "GoodKeys" >> beam.FlatMap(lambda c: [row["key"] for row in c.rows]),
+            equal_to(["k0", "k1", "k4", "k5"]),
             label="four embedded",
         )
         assert_that(
