@@ -62,7 +62,15 @@ import webdataset as wds
 from PIL import Image, ImageOps
 
 from mmembed.beam.filesystem import list_shards
-from mmembed.config import DEFAULT_MODEL, DEVICES, PRECISIONS, EmbedJobConfig, EncoderConfig
+from mmembed.config import (
+    DEFAULT_MODEL,
+    DEVICES,
+    PRECISIONS,
+    DecodeConfig,
+    EmbedJobConfig,
+    EncoderConfig,
+    default_cpu_inference_threads,
+)
 from mmembed.decode import to_rgb
 from mmembed.demo import DEMO_PHOTOS, load_photo
 from mmembed.encoders.openclip import (
@@ -103,7 +111,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     num_workers: int = field(default_factory=default_num_workers)
-    torch_threads: int | None = None  # None: torch's default
+    torch_threads: int | None = None  # None: the embed job's CPU default, for both sides
     beam_args: tuple[str, ...] = ()
     seed: int = 0
     workdir: str | None = None
@@ -524,8 +532,9 @@ def beam_runner_description(beam_args: tuple[str, ...]) -> str:
 
 def benchmark(config: BenchConfig, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     seed_everything(config.seed)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    # One torch thread count for the whole process, so both sides run the model with the same threads:
+    # --torch-threads, else the embed job's own CPU default (the cores its decode threads leave).
+    torch.set_num_threads(config.torch_threads or default_cpu_inference_threads(DecodeConfig().threads))
     device = resolve_device(config.device)  # --device cuda without CUDA fails here, clearly
     if config.shards:
         urls, source = list_shards(config.shards), "given"

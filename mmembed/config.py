@@ -78,6 +78,15 @@ class DecodeConfig:
             raise ConfigError("image_extensions must name at least one extension")
 
 
+def default_cpu_inference_threads(decode_threads: int) -> int:
+    """Torch threads for CPU inference beside ``decode_threads`` decode threads: the cores they leave, at least 1.
+
+    Torch's own default (every core) makes the model's threads fight the decode threads; on a 2-core
+    machine one inference thread embeds about twice as fast as two (benchmarks/embed_throughput.py).
+    """
+    return max(1, (os.cpu_count() or 1) - decode_threads)
+
+
 @dataclass(frozen=True)
 class EmbedJobConfig:
     """Everything the embed job needs: inputs, outputs and the two stage configs."""

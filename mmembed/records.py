@@ -55,8 +55,8 @@ class DecodedSample:
     metadata: dict[str, Any] | None
     width: int
     height: int
-    sha256: str
-    phash: bytes  # 64-bit perceptual hash of the decoded image
+    sha256: str | None  # None when DecodeConfig.fingerprints is off (training)
+    phash: bytes | None  # 64-bit perceptual hash of the decoded image; None as sha256
 
     @property
     def url(self) -> str | None:

@@ -30,8 +30,9 @@ from mmembed.config import (
     DecodeConfig,
     EmbedJobConfig,
     EncoderConfig,
+    default_cpu_inference_threads,
 )
-from mmembed.encoders.openclip import embedding_dim, provenance, resolve_device
+from mmembed.encoders.openclip import embedding_dim, model_of_checkpoint, provenance, resolve_device
 from mmembed.outputs import SUMMARY_FILE, ShardCounts, ShardOutputs, join, summarize
 from mmembed.schema import embeddings_schema, full_provenance
 from mmembed.shards import shard_name
@@ -43,7 +44,11 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     """The embed job's own options (shared by ``mmembed embed`` and ``python -m pipelines.embed``)."""
     parser.add_argument("--shards", nargs="+", required=True, help="shard paths, globs or {000..099} patterns")
     parser.add_argument("--out", required=True, help="output directory (local, gs:// or s3://)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model name or local-dir:/path")
+    parser.add_argument(
+        "--model",
+        help=f"open_clip model name or local-dir:/path (default: the model a --checkpoint from `mmembed train` "
+        f"was trained as, else {DEFAULT_MODEL})",
+    )
     parser.add_argument("--pretrained", help="open_clip pretrained tag, e.g. laion2b_s34b_b79k (needs a download)")
     parser.add_argument("--checkpoint", help="local open_clip checkpoint file for --model")
     parser.add_argument("--device", default="auto", choices=DEVICES)
@@ -52,7 +57,11 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="init seed for models without weights")
-    parser.add_argument("--torch-threads", type=int, help="CPU inference threads (default: torch's choice)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        help="CPU inference threads (default on the local runner: the cores the decode threads leave, >= 1)",
+    )
     parser.add_argument("--decode-threads", type=int, help="decode/resize threads per worker (default: min(4, cores))")
     parser.add_argument("--output-dtype", default="float32", choices=OUTPUT_DTYPES)
     parser.add_argument("--caption-key", default="txt", help="tar member extension that holds the caption")
@@ -65,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
         shards=tuple(args.shards),
         out=args.out,
         encoder=EncoderConfig(
-            model=args.model,
+            model=args.model or model_of_checkpoint(args.checkpoint) or DEFAULT_MODEL,
             pretrained=args.pretrained,
             checkpoint=args.checkpoint,
             device=args.device,
@@ -134,6 +143,9 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
         # model handler knows to share one model copy per GPU. Remote workers resolve it themselves.
         device = resolve_device(config.encoder.device)
         config = replace(config, encoder=replace(config.encoder, device=device))
+        if device == "cpu" and config.encoder.torch_threads is None:
+            threads = default_cpu_inference_threads(config.decode.threads)
+            config = replace(config, encoder=replace(config.encoder, torch_threads=threads))
     urls = filesystem.list_shards(config.shards)
     filesystem.check_writable(config.out)
     done = {} if config.overwrite else {shard_name(u): completed_counts(config.out, shard_name(u)) for u in urls}

@@ -184,6 +184,14 @@ def checkpoint_meta(path: str | Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def model_of_checkpoint(path: str | None) -> str | None:
+    """The model name a ``mmembed train`` checkpoint was trained as (None for other files or no file)."""
+    if not path or not Path(path).is_file():
+        return None
+    meta = checkpoint_meta(path)
+    return meta.get("model") if meta else None
+
+
 def trained_checkpoint_info(config: EncoderConfig) -> dict[str, Any] | None:
     """For a checkpoint written by ``mmembed train``: how it was trained; refuses it under another model name."""
     meta = checkpoint_meta(config.checkpoint)

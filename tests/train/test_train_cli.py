@@ -22,10 +22,10 @@ def test_train_then_embed_on_the_command_line(
     assert meta_train["samples_trained"] == 96
 
     emb = tmp_path / "emb"
-    code = main(["embed", "--shards", digit_shards[0], "--out", str(emb), "--model", "mmembed-small"]
-                + ["--checkpoint", str(run / "model.pt")])  # fmt: skip
-    assert code == 0
+    # No --model: the checkpoint names the model it was trained as.
+    assert main(["embed", "--shards", digit_shards[0], "--out", str(emb), "--checkpoint", str(run / "model.pt")]) == 0
     prov = json.loads((emb / "summary.json").read_text())["provenance"]
+    assert prov["model"] == "mmembed-small" and prov["dim"] == 128
     assert prov["trained"]["steps"] == 3 and prov["checkpoint_sha256"] == summary["model_sha256"]
 
 
