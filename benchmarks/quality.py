@@ -36,12 +36,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmembed.labelled import load, png_bytes  # noqa: E402
+from mmembed.labelled import class_query, labels_by_key, load, png_bytes  # noqa: E402
 
 QUERY_TEMPLATE = {"fashion-mnist": "a photo of {a} {name}", "digits": "a handwritten {name}"}
 
@@ -74,19 +73,9 @@ def cli(*args: str) -> tuple[str, float]:
     return done.stdout, seconds
 
 
-def labels_by_key(emb_dir: Path) -> dict[str, int]:
-    """key -> class label, from the json metadata the embed job stored with each row."""
-    labels: dict[str, int] = {}
-    for path in sorted((emb_dir / "embeddings").glob("*.parquet")):
-        table = pq.read_table(path, columns=["key", "metadata"])
-        for key, metadata in zip(table.column("key").to_pylist(), table.column("metadata").to_pylist(), strict=True):
-            labels[key] = json.loads(metadata)["label"]
-    return labels
-
-
 def text_to_image(index: Path, classes: tuple[str, ...], template: str, labels: dict[str, int], work: Path):
     """Precision@10 per class for one text query per class."""
-    queries = [template.format(name=n, a="an" if n[0] in "aeiou" else "a") for n in classes]
+    queries = [class_query(template, name) for name in classes]
     queries_file = work / "queries.txt"
     queries_file.write_text("\n".join(queries) + "\n", encoding="utf-8")
     out, seconds = cli("search", "--index", str(index), "--queries-file", str(queries_file), "-k", "10", "--json")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,9 +73,7 @@ class LabelledImages:
 
 def caption(templates: tuple[str, ...], classes: tuple[str, ...], label: int, rng: random.Random) -> str:
     """One phrasing, chosen by ``rng``, that names class ``label``."""
-    name = classes[label]
-    article = "an" if name[0] in "aeiou" else "a"
-    return rng.choice(templates).format(name=name, digit=label, a=article)
+    return class_query(rng.choice(templates).replace("{digit}", str(label)), classes[label])
 
 
 def load_digits(split: str) -> LabelledImages:
@@ -121,6 +120,23 @@ def load(name: str, split: str) -> LabelledImages:
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     return LOADERS[name](split)
+
+
+def labels_by_key(emb_dir: Path) -> dict[str, int]:
+    """key -> class label of an embed job's rows, from the json metadata it keeps (``label``)."""
+    import pyarrow.parquet as pq
+
+    labels: dict[str, int] = {}
+    for path in sorted((emb_dir / "embeddings").glob("*.parquet")):
+        table = pq.read_table(path, columns=["key", "metadata"])
+        for key, metadata in zip(table.column("key").to_pylist(), table.column("metadata").to_pylist(), strict=True):
+            labels[key] = json.loads(metadata)["label"]
+    return labels
+
+
+def class_query(template: str, name: str) -> str:
+    """A query naming one class, e.g. "a photo of {a} {name}" -> "a photo of an ankle boot"."""
+    return template.format(name=name, a="an" if name[0] in "aeiou" else "a")
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

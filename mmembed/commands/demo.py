@@ -32,7 +32,7 @@ def demo(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.commands.embed import print_summary
     from mmembed.config import EmbedJobConfig, EncoderConfig
     from mmembed.index import IndexBuildConfig, build_index
-    from mmembed.labelled import labelled_samples, load, png_bytes
+    from mmembed.labelled import class_query, labelled_samples, labels_by_key, load, png_bytes
     from mmembed.makeshards import ShardSpec, write_shards
     from mmembed.search import Searcher
     from mmembed.train import TrainConfig, train
@@ -81,6 +81,13 @@ def demo(args: argparse.Namespace, extra: list[str]) -> int:
     for query, hits in results.items():
         rows = [hit.to_dict() for hit in hits]
         print(f"\nsearch: {query!r}\n{format_table(rows, ['rank', 'score', 'key', 'caption'])}")
+
+    labels = labels_by_key(out / "emb")
+    class_queries = [class_query("a handwritten {name}", name) for name in digits.classes]
+    hits = searcher.search_text(class_queries, k=10)
+    precision = [sum(labels[h.key] == label for h in found) / len(found) for label, found in enumerate(hits)]
+    print(f"\ntext -> image precision@10 per digit class: {' '.join(f'{p:.1f}' for p in precision)} "
+          f"(mean {sum(precision) / len(precision):.2f}; chance 0.1)")  # fmt: skip
 
     sheet = out / "search-results.png"
     draw_results(results, out / "shards" / "test", sheet)
