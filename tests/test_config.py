@@ -48,3 +48,12 @@ def test_encoder_config_validation(kwargs: dict, message: str) -> None:
 def test_job_needs_shards() -> None:
     with pytest.raises(ConfigError, match="no input shards"):
         EmbedJobConfig(shards=(), out="o")
+
+
+def test_cpu_inference_threads_leave_the_decode_threads_their_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmembed.config import default_cpu_inference_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_cpu_inference_threads(4) == 12
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_cpu_inference_threads(2) == 1  # never fewer than one

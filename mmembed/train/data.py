@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any
 
 import torch
-from webdataset.filters import _shuffle as webdataset_shuffle
+from webdataset.filters import shuffle as webdataset_shuffle
 
 from mmembed.beam import filesystem
 from mmembed.config import DecodeConfig
@@ -82,7 +82,7 @@ class TrainBatches:
         urls = list(self.urls)
         rng.shuffle(urls)
         raw = iter_raw_samples(urls, self.decode.image_extensions)
-        return webdataset_shuffle(raw, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+        return webdataset_shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(raw)
 
     def prepare(self, item: RawSample | SampleError) -> tuple[torch.Tensor, str] | SampleError:
         """One raw sample -> (image tensor, caption), or the error that stopped it."""
