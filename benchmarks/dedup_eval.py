@@ -247,7 +247,7 @@ def load_sources(seed: int) -> tuple[list[Source], list[str]]:
     from PIL import Image
 
     from mmembed.decode import to_rgb
-    from mmembed.demo import load_photo
+    from mmembed.photos import load_photo
 
     notes = [f"not used: {name} ({why})" for name, why in NOT_USED.items()]
     photos: list[Source] = []

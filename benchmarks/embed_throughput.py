@@ -72,7 +72,6 @@ from mmembed.config import (
     default_cpu_inference_threads,
 )
 from mmembed.decode import to_rgb
-from mmembed.demo import DEMO_PHOTOS, load_photo
 from mmembed.encoders.openclip import (
     OpenClipEncoder,
     autocast_dtype,
@@ -80,6 +79,7 @@ from mmembed.encoders.openclip import (
     resolve_device,
 )
 from mmembed.makeshards import ShardSpec, SourceSample, write_shards
+from mmembed.photos import PHOTOS, load_photo
 from mmembed.shards import shard_name
 from pipelines.embed import run_job
 
@@ -186,7 +186,7 @@ def photo_variant(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
 def make_demo_shards(folder: Path, samples: int, samples_per_shard: int, seed: int) -> list[str]:
     """Write ``samples`` JPEG variants of scikit-image's photos, with captions, into WebDataset shards."""
     rng = np.random.default_rng(seed)
-    photos = {name: load_photo(name) for name in DEMO_PHOTOS}
+    photos = {name: load_photo(name) for name in PHOTOS}
     photos = {name: photo if photo.mode == "L" else to_rgb(photo) for name, photo in photos.items()}
     names = list(photos)
     images = folder / "images"
@@ -197,7 +197,7 @@ def make_demo_shards(folder: Path, samples: int, samples_per_shard: int, seed: i
         path = images / f"{i:07d}.jpg"
         quality = int(rng.integers(75, 96))
         photo_variant(photos[name], rng).save(path, format="JPEG", quality=quality)
-        sources.append(SourceSample(path, DEMO_PHOTOS[name], {"source": f"skimage.data.{name}", "variant": i}))
+        sources.append(SourceSample(path, PHOTOS[name], {"source": f"skimage.data.{name}", "variant": i}))
     written = write_shards(iter(sources), ShardSpec(out=str(folder / "shards"), samples_per_shard=samples_per_shard))
     return written["shards"]
 

@@ -10,7 +10,7 @@ It PRINTS figures (it is not a pass/fail test). Two data sets, each indexed by b
   mmembed and as ``.npy`` files (image column) for autofaiss. Generated once per parameter set under
   ``--workdir`` and reused.
 * real: the embed job (``pipelines.embed.run_job``, bundled random-init ``mmembed-tiny``, offline) on the
-  demo photos (``mmembed.demo.write_demo_images`` -> ``mmembed.makeshards.write_shards``): 76 x 64-d, so
+  demo photos (``mmembed.photos.write_photo_folder`` -> ``mmembed.makeshards.write_shards``): 76 x 64-d, so
   both tools pick an exact flat index there; it checks the end-to-end path, not ANN speed.
 
 Queries and ground truth: 1,000 queries = seeded random data vectors plus a small gaussian perturbation
@@ -534,12 +534,12 @@ def child_mmembed_build(args: dict[str, Any]) -> dict[str, Any]:
 def child_embed_demo(folder: str) -> dict[str, Any]:
     """In a fresh process: demo photos -> tar shards -> the embed job (default tiny model, CPU, offline)."""
     from mmembed.config import EmbedJobConfig, EncoderConfig
-    from mmembed.demo import write_demo_images
     from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
+    from mmembed.photos import write_photo_folder
     from pipelines.embed import run_job
 
     root = Path(folder)
-    write_demo_images(root / "images")
+    write_photo_folder(root / "images")
     spec = ShardSpec(out=str(root / "shards"), samples_per_shard=32)
     shards = write_shards(samples_from_folder(root / "images"), spec)
     encoder = EncoderConfig(device="cpu")  # the default model: bundled random-init mmembed-tiny

@@ -7,7 +7,7 @@ p50/p99, and the error count (any non-200 or transport error). Target with the s
 
 The server runs in a child process (``python -m mmembed.serve``, the same code as ``mmembed serve``) so the
 load generator does not share its interpreter; both share the machine's cores, so the figures are a floor.
-Without ``--index`` the offline demo (``mmembed demo``: bundled photos, tiny model, random weights) is built
+Without ``--index`` the offline demo (``mmembed demo``: digits and the small model it trains) is built
 once under ``--demo-dir`` and reused. Every query text is distinct, so each one is encoded by the model.
 Traffic goes to 127.0.0.1 only; the run stops after ``--duration`` seconds or ``--max-requests``.
 

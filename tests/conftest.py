@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mmembed.config import EncoderConfig
-from mmembed.demo import write_demo_images
 from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
+from mmembed.photos import write_photo_folder
 
 TINY = EncoderConfig(model="mmembed-tiny", device="cpu", batch_size=8, seed=0)
 
@@ -45,7 +45,7 @@ def _seed_everything() -> None:
 def demo_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """scikit-image's real photos (two variants each) with captions and json sidecars."""
     folder = tmp_path_factory.mktemp("photos")
-    write_demo_images(folder, variants=("original", "flipped"))
+    write_photo_folder(folder, variants=("original", "flipped"))
     return folder
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmembed.cli import main
-from mmembed.demo import load_photo
+from mmembed.photos import load_photo
 from tests.conftest import TINY
 from tests.helpers import embed
 

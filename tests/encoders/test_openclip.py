@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mmembed.config import ConfigError, EncoderConfig
-from mmembed.demo import load_photo
 from mmembed.encoders.openclip import (
     CaptionTokenizer,
     ImagePreprocessor,
@@ -22,6 +21,7 @@ from mmembed.encoders.openclip import (
     resolve_device,
     resolve_preprocess_cfg,
 )
+from mmembed.photos import load_photo
 
 TINY_CFG = {
     "embed_dim": 32,

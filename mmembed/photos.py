@@ -1,6 +1,6 @@
-"""Offline demo data: real photos that scikit-image ships, with hand-written captions.
+"""Real photos that scikit-image ships, with hand-written captions: offline test and benchmark data.
 
-``write_demo_images`` writes each photo plus a few deterministic variants (flip, crop,
+``write_photo_folder`` writes each photo plus a few deterministic variants (flip, crop,
 re-encode) as JPEG/PNG files with sidecar captions, ready for ``mmembed make-shards --images``.
 """
 
@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from skimage.util import img_as_ubyte
 
 # scikit-image data name -> caption. All of these ship inside the scikit-image wheel (no download).
-DEMO_PHOTOS: dict[str, str] = {
+PHOTOS: dict[str, str] = {
     "astronaut": "portrait of an astronaut in a white spacesuit in front of an american flag",
     "camera": "black and white photo of a man with a camera on a tripod",
     "coffee": "a cup of coffee on a saucer seen from above",
@@ -36,9 +36,6 @@ DEMO_PHOTOS: dict[str, str] = {
     "colorwheel": "a colour wheel with all hues",
 }
 
-# Example text queries the demo runs against its index.
-DEMO_QUERIES = ("an orange cat", "a rocket launch")
-
 VARIANTS = ("original", "flipped", "cropped", "small")
 
 
@@ -58,11 +55,11 @@ def load_photo(name: str) -> Image.Image:
     return Image.fromarray(img_as_ubyte(getattr(skimage.data, name)()))
 
 
-def write_demo_images(out: Path, variants: tuple[str, ...] = VARIANTS) -> int:
-    """Write the demo photos and their variants with captions; returns how many images were written."""
+def write_photo_folder(out: Path, variants: tuple[str, ...] = VARIANTS) -> int:
+    """Write the photos and their variants with captions; returns how many images were written."""
     out.mkdir(parents=True, exist_ok=True)
     count = 0
-    for index, (name, caption) in enumerate(DEMO_PHOTOS.items()):
+    for index, (name, caption) in enumerate(PHOTOS.items()):
         photo = load_photo(name)
         for variant in variants:
             image = _variant(photo, variant)
