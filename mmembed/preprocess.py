@@ -27,6 +27,18 @@ def sample_row(sample: DecodedSample) -> dict:
     }
 
 
+def preprocess_error(sample: DecodedSample, exc: Exception) -> SampleError:
+    """The record for a decoded sample whose resize/crop/transform or tokenizing raised."""
+    return SampleError(
+        sample.shard,
+        sample.key,
+        sample.image_member,
+        STAGE_PREPROCESS,
+        "preprocess_failed",
+        f"shard {sample.shard}: sample {sample.key}: preprocessing failed ({type(exc).__name__}: {exc})",
+    )
+
+
 def prepare_sample(
     sample: DecodedSample,
     to_pixels: Callable[[Image.Image], np.ndarray],
@@ -37,12 +49,5 @@ def prepare_sample(
         pixels = to_pixels(sample.image)
         tokens = tokenize([sample.caption])[0]
     except Exception as exc:  # noqa: BLE001 - any failure here is recorded against this one sample
-        return SampleError(
-            sample.shard,
-            sample.key,
-            sample.image_member,
-            STAGE_PREPROCESS,
-            "preprocess_failed",
-            f"shard {sample.shard}: sample {sample.key}: preprocessing failed ({type(exc).__name__}: {exc})",
-        )
+        return preprocess_error(sample, exc)
     return ModelInput(row=sample_row(sample), pixels=pixels, tokens=tokens)

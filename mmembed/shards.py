@@ -55,6 +55,12 @@ def check_unique_names(urls: list[str]) -> None:
         by_name[name] = url
 
 
+def unreadable_shard_error(url: str, exc: Exception) -> SampleError:
+    """The record for a shard that could not be opened (missing, no permission, remote read failed)."""
+    shard = shard_name(url)
+    return SampleError(shard, None, None, STAGE_SHARD, "unreadable_shard", f"shard {shard}: cannot open {url} ({exc})")
+
+
 def iter_shard_samples(
     fileobj: IO[bytes], shard: str, image_extensions: tuple[str, ...]
 ) -> Iterator[RawSample | SampleError]:

@@ -27,7 +27,7 @@ from mmembed.parallel import map_ordered
 from mmembed.preprocess import prepare_sample
 from mmembed.records import STAGE_ENCODE, EmbeddedChunk, ModelInput, RawSample, SampleError
 from mmembed.schema import chunk_table, errors_table
-from mmembed.shards import iter_shard_samples, shard_name
+from mmembed.shards import iter_shard_samples, shard_name, unreadable_shard_error
 
 from . import filesystem
 
@@ -77,9 +77,7 @@ class ReadAndPrepareShard(beam.DoFn):
         try:
             stream = filesystem.open_read(url)
         except Exception as exc:  # noqa: BLE001 - a missing or unreadable shard is recorded, not fatal
-            reason = f"shard {shard}: cannot open {url} ({exc})"
-            error = SampleError(shard, None, None, "shard", "unreadable_shard", reason)
-            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(error))
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(unreadable_shard_error(url, exc)))
             return
         window = 4 * self.decode_config.threads + self.encoder_config.batch_size
         with stream:

@@ -175,7 +175,17 @@ def local_dir_sha256(model: str) -> str:
 
 
 def checkpoint_meta(path: str | Path) -> dict[str, Any] | None:
-    """The metadata ``mmembed train`` stores in its checkpoints, or None for a plain open_clip state dict."""
+    """The metadata ``mmembed train`` stores in its checkpoints, or None for a plain open_clip state dict.
+
+    Cached per (path, size, mtime) like the file's sha256: the embed command, the job's provenance and
+    each query-encoder check ask for it, and a legacy (non-zip) checkpoint is read whole to answer.
+    """
+    stat = Path(path).stat()
+    return _checkpoint_meta(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _checkpoint_meta(path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError):

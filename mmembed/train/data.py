@@ -22,8 +22,9 @@ from mmembed.beam import filesystem
 from mmembed.config import DecodeConfig
 from mmembed.decode import decode_sample
 from mmembed.parallel import map_ordered
-from mmembed.records import STAGE_PREPROCESS, STAGE_SHARD, RawSample, SampleError
-from mmembed.shards import iter_shard_samples, shard_name
+from mmembed.preprocess import preprocess_error
+from mmembed.records import RawSample, SampleError
+from mmembed.shards import iter_shard_samples, shard_name, unreadable_shard_error
 
 ErrorSink = Callable[[SampleError], None]
 
@@ -43,8 +44,7 @@ def iter_raw_samples(urls: list[str], image_extensions: tuple[str, ...]) -> Iter
         try:
             stream = filesystem.open_read(url)
         except Exception as exc:  # noqa: BLE001 - a missing shard is recorded, the rest still trains
-            reason = f"shard {shard_name(url)}: cannot open {url} ({exc})"
-            yield SampleError(shard_name(url), None, None, STAGE_SHARD, "unreadable_shard", reason)
+            yield unreadable_shard_error(url, exc)
             continue
         with stream:
             yield from iter_shard_samples(stream, shard_name(url), image_extensions)
@@ -94,10 +94,7 @@ class TrainBatches:
         try:
             return self.transform(decoded.image), decoded.caption
         except Exception as exc:  # noqa: BLE001 - recorded against this one sample
-            reason = f"shard {item.shard}: sample {item.key}: image transform failed ({type(exc).__name__}: {exc})"
-            return SampleError(
-                item.shard, item.key, decoded.image_member, STAGE_PREPROCESS, "preprocess_failed", reason
-            )
+            return preprocess_error(decoded, exc)
 
     def epoch(self, epoch: int, skip: int = 0, on_error: ErrorSink | None = None) -> Iterator[Batch]:
         """Batches of ``epoch``, after skipping its first ``skip`` raw samples (already trained on)."""

@@ -127,7 +127,6 @@ class Trainer:
                 f"the shards hold {samples} samples, fewer than one batch of {config.batch_size}; "
                 "fix: pass a smaller --batch-size or more shards"
             )
-        self.steps_per_epoch = steps_per_epoch
         self.total_steps = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
         self.meta = run_meta(config, self.urls, samples, self.total_steps)
 
