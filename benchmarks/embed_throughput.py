@@ -2,7 +2,7 @@
 
 Both sides do the same work per run and are timed end to end (what a user waits for):
 
-* beam:  ``pipelines.embed.run_job(EmbedJobConfig(..., overwrite=True))`` into a fresh output dir.
+* beam:  ``mmembed.embed.job.run_job(EmbedJobConfig(..., overwrite=True))`` into a fresh output dir.
   Without ``--beam-args`` this is Beam's in-process FnApiRunner (the job's default local runner).
 * plain: ``webdataset.WebDataset(urls)`` -> PIL decode -> open_clip's own eval transform + tokenizer and
   ``imagehash.phash`` in ``torch.utils.data.DataLoader`` workers -> ``model.encode_image`` /
@@ -72,6 +72,7 @@ from mmembed.config import (
     default_cpu_inference_threads,
 )
 from mmembed.decode import to_rgb
+from mmembed.embed.job import run_job
 from mmembed.encoders.openclip import (
     OpenClipEncoder,
     autocast_dtype,
@@ -81,7 +82,6 @@ from mmembed.encoders.openclip import (
 from mmembed.makeshards import ShardSpec, SourceSample, write_shards
 from mmembed.photos import PHOTOS, load_photo
 from mmembed.shards import shard_name
-from pipelines.embed import run_job
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TARGET_RATIO = 0.9  # the Beam job should reach at least 90% of the plain loop's throughput on CPU

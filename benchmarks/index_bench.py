@@ -9,7 +9,7 @@ It PRINTS figures (it is not a pass/fail test). Two data sets, each indexed by b
   embed job's Parquet files (``mmembed.schema``; text column = a perturbed copy of the image column) for
   mmembed and as ``.npy`` files (image column) for autofaiss. Generated once per parameter set under
   ``--workdir`` and reused.
-* real: the embed job (``pipelines.embed.run_job``, bundled random-init ``mmembed-tiny``, offline) on the
+* real: the embed job (``mmembed.embed.job.run_job``, bundled random-init ``mmembed-tiny``, offline) on the
   demo photos (``mmembed.photos.write_photo_folder`` -> ``mmembed.makeshards.write_shards``): 76 x 64-d, so
   both tools pick an exact flat index there; it checks the end-to-end path, not ANN speed.
 
@@ -534,9 +534,9 @@ def child_mmembed_build(args: dict[str, Any]) -> dict[str, Any]:
 def child_embed_demo(folder: str) -> dict[str, Any]:
     """In a fresh process: demo photos -> tar shards -> the embed job (default tiny model, CPU, offline)."""
     from mmembed.config import EmbedJobConfig, EncoderConfig
+    from mmembed.embed.job import run_job
     from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
     from mmembed.photos import write_photo_folder
-    from pipelines.embed import run_job
 
     root = Path(folder)
     write_photo_folder(root / "images")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import warnings
 from typing import Any
 
 import imagehash
@@ -14,8 +13,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmembed.config import DecodeConfig
 from mmembed.records import STAGE_DECODE, DecodedSample, RawSample, SampleError
+from mmembed.schema import utf8_safe
 
 FIX_IMAGE = "fix: re-export the image as JPEG/PNG/WebP, or remove the sample"
+_TOO_DEEP = "metadata JSON is nested deeper than Python's JSON parser allows; fix: flatten it"
+
+# Our own limit (DecodeConfig.max_image_pixels, checked from the header by decode_image before any pixel
+# is decoded) replaces Pillow's process-wide one, so --max-image-pixels really sets the limit; the images
+# that embedding, search and serving read all go through decode_image. Set once: decoding runs on threads.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class DecodeError(ValueError):
@@ -31,34 +37,35 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
     The pixel count is checked from the header before any pixel data is decoded, so a
     decompression bomb costs nothing. EXIF orientation is applied; palette, alpha, CMYK,
-    grayscale and 16-bit images become 8-bit RGB (alpha composited on white).
+    grayscale and 16-bit images become 8-bit RGB (alpha composited on white). Whatever a
+    malformed file makes Pillow raise is this image's ``bad_image``, never the caller's crash.
     """
     if not data:
         raise DecodeError("empty_image", f"image member is empty (0 bytes); {FIX_IMAGE}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DecodeError(
-                    "image_too_large",
-                    f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-                    "(decompression-bomb guard); fix: downscale it, or raise --max-image-pixels if it is genuine",
-                )
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+        image = Image.open(io.BytesIO(data))
+        _check_pixels(image.size, max_pixels)
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
     except DecodeError:
         raise
     except UnidentifiedImageError:
         raise DecodeError(
             "bad_image", f"not a decodable image (unrecognised format, starts with {data[:8]!r}); {FIX_IMAGE}"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("image_too_large", f"decompression-bomb guard: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError("bad_image", f"not a decodable image ({exc}); {FIX_IMAGE}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise TypeError, struct.error, ... on malformed files
+        raise DecodeError("bad_image", f"not a decodable image ({type(exc).__name__}: {exc}); {FIX_IMAGE}") from None
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse an image whose header size is over ``max_pixels`` (the decompression-bomb guard)."""
+    width, height = size
+    if width * height > max_pixels:
+        raise DecodeError(
+            "image_too_large",
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(decompression-bomb guard); fix: downscale it, or raise --max-image-pixels if it is genuine",
+        )
 
 
 def perceptual_hash(image: Image.Image) -> bytes:
@@ -94,18 +101,45 @@ def decode_caption(data: bytes) -> str:
 
 
 def decode_metadata(data: bytes) -> dict[str, Any]:
-    """A JSON object; anything else (bad syntax, a list, a number) is an error."""
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(
-            "bad_metadata", f"metadata is not valid JSON ({exc}); fix: write one JSON object per sample"
-        ) from None
+    """A JSON object that can be stored as UTF-8 JSON text; anything else is an error here, not a crash later."""
+    value = _parse_json(data)
     if not isinstance(value, dict):
         raise DecodeError(
             "bad_metadata", f"metadata is JSON {type(value).__name__}, not an object; fix: write a JSON object"
         )
+    _check_storable(value)
     return value
+
+
+def _parse_json(data: bytes) -> Any:
+    """json.loads, with each way Python's parser refuses a document turned into a ``bad_metadata`` reason."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(
+            "bad_metadata", f"metadata is not valid JSON ({exc}); fix: write one JSON object per sample"
+        ) from None
+    except RecursionError:
+        raise DecodeError("bad_metadata", _TOO_DEEP) from None
+    except ValueError as exc:  # e.g. an integer over Python's int-str conversion limit (4,300 digits)
+        raise DecodeError(
+            "bad_metadata", f"metadata JSON cannot be read ({exc}); fix: store very long numbers as strings"
+        ) from None
+
+
+def _check_storable(value: dict[str, Any]) -> None:
+    """The metadata is stored as UTF-8 JSON text: refuse a lone surrogate (``"\\ud800"``) now, not in the writer."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DecodeError(
+            "bad_metadata",
+            f"metadata holds {utf8_safe(exc.object[exc.start : exc.end])}, a lone surrogate escape (half of a "
+            "UTF-16 pair), which is not a character and cannot be stored as UTF-8; fix: remove it, or write "
+            "the whole character (e.g. \\ud83d\\ude00)",
+        ) from None
+    except RecursionError:
+        raise DecodeError("bad_metadata", _TOO_DEEP) from None
 
 
 def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | SampleError:

@@ -146,7 +146,7 @@ def run_job(job: Job, test_pipeline: Any = None) -> dict[str, Any]:
     """Run the job's pipeline; returns its summary (for index: the index's infos)."""
     args = list(job.beam_args)
     if job.kind == "embed":
-        from pipelines.embed import run_job as run_embed
+        from mmembed.embed.job import run_job as run_embed
 
         return run_embed(job.config, args, test_pipeline)
     if job.kind == "index":

@@ -15,10 +15,20 @@ def map_ordered(pool: Executor, fn: Callable[[In], Out], items: Iterable[In], wi
     """``fn`` over ``items`` on ``pool``, results in input order, at most ``window`` in flight.
 
     Image decode and resize in Pillow release the GIL, so a thread pool overlaps them with each
-    other and with model inference, while the window bounds memory on a streamed shard.
+    other and with model inference, while the window bounds memory on a streamed shard. When ``items``
+    itself raises, the results of the items it gave before are yielded first, then the error is raised.
     """
     pending: deque[Future[Out]] = deque()
-    for item in items:
+    source = iter(items)
+    while True:
+        try:
+            item = next(source)
+        except StopIteration:
+            break
+        except Exception:
+            while pending:
+                yield pending.popleft().result()
+            raise
         pending.append(pool.submit(fn, item))
         if len(pending) >= window:
             yield pending.popleft().result()

@@ -9,17 +9,19 @@ import numpy as np
 from PIL import Image
 
 from mmembed.records import STAGE_PREPROCESS, DecodedSample, ModelInput, SampleError
+from mmembed.schema import utf8_safe
 
 
 def sample_row(sample: DecodedSample) -> dict:
-    """The non-embedding columns of the sample's output row."""
+    """The non-embedding columns of the sample's output row; text that is not valid UTF-8 is escaped."""
+    metadata = json.dumps(sample.metadata, ensure_ascii=False) if sample.metadata is not None else None
     return {
-        "key": sample.key,
-        "shard": sample.shard,
+        "key": utf8_safe(sample.key),
+        "shard": utf8_safe(sample.shard),
         "offset": sample.offset,
-        "caption": sample.caption,
-        "metadata": json.dumps(sample.metadata, ensure_ascii=False) if sample.metadata is not None else None,
-        "url": sample.url,
+        "caption": utf8_safe(sample.caption),
+        "metadata": utf8_safe(metadata),
+        "url": utf8_safe(sample.url),
         "width": sample.width,
         "height": sample.height,
         "sha256": sample.sha256,
@@ -48,6 +50,7 @@ def prepare_sample(
     try:
         pixels = to_pixels(sample.image)
         tokens = tokenize([sample.caption])[0]
+        row = sample_row(sample)
     except Exception as exc:  # noqa: BLE001 - any failure here is recorded against this one sample
         return preprocess_error(sample, exc)
-    return ModelInput(row=sample_row(sample), pixels=pixels, tokens=tokens)
+    return ModelInput(row=row, pixels=pixels, tokens=tokens)

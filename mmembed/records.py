@@ -1,4 +1,5 @@
-"""The plain values that flow between stages: a raw sample, a decoded sample, a failure record."""
+"""The plain values that flow between stages: a shard to read, a raw sample, a decoded sample, a failure record,
+and the end-of-shard marker that tells the writer a shard is whole."""
 
 from __future__ import annotations
 
@@ -14,6 +15,21 @@ STAGE_READ = "read"  # tar structure around one sample (duplicate key, no image 
 STAGE_DECODE = "decode"  # bytes -> image / caption / metadata
 STAGE_PREPROCESS = "preprocess"  # image -> model input, caption -> tokens
 STAGE_ENCODE = "encode"  # the model raised on the batch holding this sample
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """One input shard as the launcher listed it: where it is and what it was (size, modification time).
+
+    Recorded in the shard's outputs, so a resumed run reuses them only for the same file.
+    """
+
+    url: str
+    size: int | None = None  # None when the listing could not stat it (missing: the reader records why)
+    mtime: float | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"url": self.url, "size": self.size, "mtime": self.mtime}
 
 
 @dataclass
@@ -124,3 +140,16 @@ class EmbeddedChunk:
             np.concatenate([chunk.text_embeddings for chunk in chunks])[order],
             np.concatenate([chunk.similarity for chunk in chunks])[order],
         )
+
+
+@dataclass(frozen=True)
+class ShardEnd:
+    """Follows the last record of a shard down the pipeline: the writer may commit it once this arrives.
+
+    ``samples`` counts the shard's samples (embedded or sample errors, not shard-level errors), so the
+    writer checks that every one of them reached it before it writes.
+    """
+
+    source: ShardSource
+    shard: str
+    samples: int

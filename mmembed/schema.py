@@ -109,10 +109,34 @@ def _table(
     return pa.Table.from_pydict(columns, schema=schema)
 
 
+def utf8_safe(text: str | None) -> str | None:
+    """``text`` as is when it can be written as UTF-8, else with each unwritable character backslash-escaped.
+
+    Lone surrogates make the Parquet writer raise: a tar member name's non-UTF-8 byte 0xE9 arrives
+    as U+DCE9, and JSON may spell ``"\\ud800"``. Escaped, U+DCE9 reads ``\\udce9``; inside JSON text
+    that is the JSON escape of the same character, so the text still parses back to the same value.
+    """
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def errors_table(errors: Sequence[SampleError]) -> pa.Table:
+    """Error records -> a table of ``ERRORS_SCHEMA``; text that is not valid UTF-8 is escaped, never a crash."""
     return pa.Table.from_pylist(
         [
-            {"shard": e.shard, "key": e.key, "member": e.member, "stage": e.stage, "code": e.code, "reason": e.reason}
+            {
+                "shard": utf8_safe(e.shard),
+                "key": utf8_safe(e.key),
+                "member": utf8_safe(e.member),
+                "stage": e.stage,
+                "code": e.code,
+                "reason": utf8_safe(e.reason),
+            }
             for e in errors
         ],
         schema=ERRORS_SCHEMA,

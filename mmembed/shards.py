@@ -10,16 +10,18 @@ from __future__ import annotations
 import posixpath
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import IO
 
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
 from mmembed.records import STAGE_READ, STAGE_SHARD, RawSample, SampleError
+from mmembed.schema import utf8_safe
 
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")  # WebDataset's own metadata members, skipped
+_SPECIAL_TYPES = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
 
 
 def expand_braces(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -66,8 +68,11 @@ def iter_shard_samples(
 ) -> Iterator[RawSample | SampleError]:
     """Stream ``fileobj`` as a tar and yield one ``RawSample`` per key, or a ``SampleError``.
 
-    A shard that is not a tar yields one shard-level error; a truncated shard yields the samples
-    before the damage, an error for the sample being read, and a shard-level error.
+    Keys are counted the WebDataset way (consecutive members sharing ``base_plus_ext``'s key; directory
+    entries skipped), and each key yields exactly one item: a member with a non-UTF-8 name, a link or a
+    special file makes its whole sample one error, so the samples after it are still read. A shard that
+    is not a tar yields one shard-level error; a truncated shard yields the samples before the damage,
+    an error for the sample being read, and a shard-level error.
     """
     grouper = _SampleGrouper(shard, image_extensions)
     try:
@@ -88,13 +93,13 @@ def iter_shard_samples(
         with tar:
             for info in tar:
                 member_name = info.name
-                if not info.isfile() or _META_MEMBER.match(posixpath.basename(info.name)):
-                    continue
-                extracted = tar.extractfile(info)
-                data = extracted.read() if extracted is not None else b""
-                if len(data) != info.size:
-                    raise tarfile.ReadError(f"member data ends after {len(data)} of {info.size} bytes")
-                yield from grouper.add(info.name, data, info.offset_data)
+                if info.isdir() or _META_MEMBER.match(posixpath.basename(info.name)):
+                    continue  # not sample members (webdataset skips them too)
+                problem = _member_problem(info)
+                if problem is not None:
+                    yield from grouper.reject(info.name, *problem)
+                else:
+                    yield from grouper.add(info.name, _member_bytes(tar, info), info.offset_data)
                 member_name = None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         where = f"while reading member {member_name}" if member_name else "between members"
@@ -102,7 +107,7 @@ def iter_shard_samples(
         yield SampleError(
             shard,
             None,
-            member_name,
+            utf8_safe(member_name),
             STAGE_SHARD,
             "truncated_shard",
             f"shard {shard}: truncated or corrupt tar {where} ({exc}); samples before this point were "
@@ -110,6 +115,50 @@ def iter_shard_samples(
         )
         return
     yield from grouper.finish()
+
+
+def _member_problem(info: tarfile.TarInfo) -> tuple[str, str] | None:
+    """(code, reason) when a member cannot be part of a sample: a name that is not UTF-8, a link, a device."""
+    name = utf8_safe(info.name)
+    if name != info.name:  # tarfile decodes a non-UTF-8 byte to a lone surrogate (surrogateescape)
+        raw = info.name.encode("utf-8", "surrogateescape")
+        return (
+            "bad_member_name",
+            f"member {name}: its name is not valid UTF-8 (raw bytes {raw!r}), so its sample has no storable key; "
+            "fix: rename the member to UTF-8 (e.g. convmv -f latin1 -t utf8) and re-create the shard",
+        )
+    if info.issym() or info.islnk():
+        kind = "symbolic" if info.issym() else "hard"
+        return (
+            "link_member",
+            f"member {name}: a {kind} link to {info.linkname}, not a stored file, so the shard does not hold "
+            "its bytes; fix: store the file itself (tar --dereference for symbolic links, "
+            "--hard-dereference for hard links)",
+        )
+    if not info.isfile():
+        kind = _SPECIAL_TYPES.get(info.type, f"entry of tar type {info.type.decode('latin-1')!r}")
+        return (
+            "special_member",
+            f"member {name}: a {kind}, not a regular file, so it holds no sample data; "
+            "fix: store only regular files in the shard",
+        )
+    return None
+
+
+def _read_error(shard: str, key: str | None, member: str | None, code: str, reason: str) -> SampleError:
+    """A read-stage record; a name that is not valid UTF-8 is escaped here, so every sink can write it."""
+    return SampleError(
+        shard, utf8_safe(key), utf8_safe(member), STAGE_READ, code, utf8_safe(f"shard {shard}: {reason}")
+    )
+
+
+def _member_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    """A regular member's data; a shard that ends inside it raises ``tarfile.ReadError``."""
+    extracted = tar.extractfile(info)
+    data = extracted.read() if extracted is not None else b""
+    if len(data) != info.size:
+        raise tarfile.ReadError(f"member data ends after {len(data)} of {info.size} bytes")
+    return data
 
 
 class _SampleGrouper:
@@ -123,33 +172,43 @@ class _SampleGrouper:
         self.seen_keys: set[str] = set()
 
     def add(self, name: str, data: bytes, offset: int) -> Iterator[RawSample | SampleError]:
-        key, ext = base_plus_ext(name)
-        if key is None:
-            yield SampleError(
-                self.shard,
-                name,
-                name,
-                STAGE_READ,
-                "no_extension",
-                f"shard {self.shard}: member {name} has no extension, so it belongs to no sample; "
-                "fix: name members <key>.<ext> (e.g. 000123.jpg, 000123.txt)",
-            )
-            return
-        ext = ext.lower()
-        if self.current is None or key != self.current.key:
-            yield from self.finish()
-            self._start(key, name)
-        if self.current_error is not None:
+        """A regular file member: stored in its sample under its (lower-case) extension."""
+        ext = yield from self._enter(name)
+        if ext is None or self.current_error is not None:
             return
         if ext in self.current.members:
             self.current_error = self._error(
                 name,
                 "duplicate_member",
-                f"member {name} repeats extension .{ext} inside sample {key}; fix: one file per extension",
+                f"member {name} repeats extension .{ext} inside sample {self.current.key}; fix: one file per extension",
             )
             return
         self.current.members[ext] = data
         self.current.member_offsets[ext] = offset
+
+    def reject(self, name: str, code: str, reason: str) -> Iterator[RawSample | SampleError]:
+        """A member that cannot be read as part of its sample: the sample becomes one error (its first problem)."""
+        ext = yield from self._enter(name)
+        if ext is not None and self.current_error is None:
+            self.current_error = self._error(name, code, reason)
+
+    def _enter(self, name: str) -> Generator[RawSample | SampleError, None, str | None]:
+        """Make ``name``'s sample the current one (emitting the previous sample); its extension, None if it has none."""
+        key, ext = base_plus_ext(name)
+        if key is None:
+            yield _read_error(
+                self.shard,
+                name,
+                name,
+                "no_extension",
+                f"member {name} has no extension, so it belongs to no sample; "
+                "fix: name members <key>.<ext> (e.g. 000123.jpg, 000123.txt)",
+            )
+            return None
+        if self.current is None or key != self.current.key:
+            yield from self.finish()
+            self._start(key, name)
+        return ext.lower()
 
     def _start(self, key: str, name: str) -> None:
         self.current = RawSample(self.shard, key)
@@ -164,7 +223,7 @@ class _SampleGrouper:
         self.seen_keys.add(key)
 
     def _error(self, member: str, code: str, reason: str) -> SampleError:
-        return SampleError(self.shard, self.current.key, member, STAGE_READ, code, f"shard {self.shard}: {reason}")
+        return _read_error(self.shard, self.current.key, member, code, reason)
 
     def finish(self) -> Iterator[RawSample | SampleError]:
         """Emit the sample being assembled, checking it has an image member."""
@@ -178,13 +237,12 @@ class _SampleGrouper:
         if not any(ext in sample.members for ext in self.image_extensions):
             found = ", ".join(f"{sample.key}.{e}" for e in sample.members) or "nothing"
             wanted = "/".join(f".{e}" for e in self.image_extensions)
-            yield SampleError(
+            yield _read_error(
                 self.shard,
                 sample.key,
                 f"{sample.key}.{next(iter(sample.members), '')}",
-                STAGE_READ,
                 "no_image",
-                f"shard {self.shard}: sample {sample.key} has no image member (looked for {wanted}, "
+                f"sample {sample.key} has no image member (looked for {wanted}, "
                 f"found {found}); fix: add the image or drop the sample's other files",
             )
             return
@@ -203,11 +261,4 @@ class _SampleGrouper:
         sample = self.current
         self.current, self.current_error = None, None
         if sample is not None:
-            yield SampleError(
-                self.shard,
-                sample.key,
-                member,
-                STAGE_READ,
-                "incomplete_sample",
-                f"shard {self.shard}: sample {sample.key}: {reason}",
-            )
+            yield _read_error(self.shard, sample.key, member, "incomplete_sample", f"sample {sample.key}: {reason}")

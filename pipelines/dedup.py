@@ -19,12 +19,10 @@ import json
 import logging
 import tempfile
 import time
-from collections import Counter
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics.metric import MetricsFilter
 
 from mmembed.beam.dedup import (
     NAMESPACE,
@@ -37,6 +35,7 @@ from mmembed.beam.dedup import (
     read_semantic,
     work_items,
 )
+from mmembed.beam.metrics import job_counters
 from mmembed.beam.runner import make_pipeline
 from mmembed.config import DEVICES
 from mmembed.dedup import semantic
@@ -114,19 +113,6 @@ def semantic_plan(files: EmbeddingFiles, config: DedupConfig, device: str, worke
     return SemanticPlan(centroids, config.semantic(worker_device), queries, query_vectors)
 
 
-def job_counters(result: Any) -> dict[str, int]:
-    """The job's Beam counters (namespace ``mmembed``) by name, committed values where the runner has them."""
-    try:
-        found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-    except (NotImplementedError, AttributeError):  # some runners expose no metrics
-        return {}
-    totals: Counter = Counter()
-    for counter in found:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] += value or 0
-    return dict(sorted(totals.items()))
-
-
 def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:
     """Run the dedup job for ``config`` and write its outputs; returns the summary (``run_dedup``'s, plus the
     runner and the Beam counters)."""
@@ -152,7 +138,7 @@ def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pip
             )
             result = pipeline.run()
             result.wait_until_finish()
-            counters = job_counters(result)
+            counters = job_counters(result, NAMESPACE)
             found = read_links(work, config.methods)
         else:
             found = {m: Links(m, np.zeros(0), np.zeros(0)) for m in config.methods}

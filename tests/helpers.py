@@ -11,7 +11,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from mmembed.config import DecodeConfig, EmbedJobConfig, EncoderConfig
-from pipelines.embed import run_job
+from mmembed.embed.job import run_job
 
 
 def offline_test_pipeline() -> TestPipeline:

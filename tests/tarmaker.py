@@ -26,11 +26,22 @@ def image_bytes(image: Image.Image, fmt: str, **save_args) -> bytes:
     return buffer.getvalue()
 
 
-def write_tar(path: Path, members: list[tuple[str, bytes]], gzip: bool = False) -> Path:
-    """Write ``members`` (name, data) in order into a tar (or .tar.gz) at ``path``."""
+Member = tuple[str, bytes] | tarfile.TarInfo  # (name, data) of a regular file, or a link/directory entry
+
+
+def write_tar(path: Path, members: list[Member], gzip: bool = False, fmt: int = tarfile.USTAR_FORMAT) -> Path:
+    """Write ``members`` in order into a tar (or .tar.gz) at ``path``.
+
+    A name may hold lone surrogates (``"k\\udce9.jpg"``): they are written as the raw bytes they
+    stand for (``b"k\\xe9.jpg"``), a name that is not valid UTF-8.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz" if gzip else "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
+    with tarfile.open(path, "w:gz" if gzip else "w", format=fmt, errors="surrogateescape") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+                continue
+            name, data = member
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = 0
@@ -38,10 +49,26 @@ def write_tar(path: Path, members: list[tuple[str, bytes]], gzip: bool = False) 
     return path
 
 
+def link(name: str, target: str, hard: bool = False) -> tarfile.TarInfo:
+    """A symbolic (or hard) link member ``name`` -> ``target``; the tar holds no bytes for it."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+def directory(name: str) -> tarfile.TarInfo:
+    """A directory entry, as ``tar -c folder`` writes before the folder's files."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return info
+
+
 def sample_members(key: str, photo: str = "astronaut", caption: str = "a photo") -> list[tuple[str, bytes]]:
-    """A complete, valid sample: jpg + txt + json."""
+    """A complete, valid sample: jpg + txt + json (a key with lone surrogates gets its raw bytes in the url)."""
     return [
         (f"{key}.jpg", jpeg_bytes(photo)),
         (f"{key}.txt", caption.encode()),
-        (f"{key}.json", b'{"url": "http://example.com/' + key.encode() + b'.jpg"}'),
+        (f"{key}.json", b'{"url": "http://example.com/' + key.encode("utf-8", "surrogateescape") + b'.jpg"}'),
     ]

@@ -138,3 +138,55 @@ def test_perceptual_hash_survives_reencode_and_resize_but_not_another_photo() ->
     assert len(base) == 8
     assert hamming(base, perceptual_hash(reencoded)) <= 4 and hamming(base, perceptual_hash(resized)) <= 4
     assert hamming(base, perceptual_hash(other)) >= 16
+
+
+def im_file(size: bytes) -> bytes:
+    """An IFUNC IM file (a format Pillow detects from content) whose header states ``size``."""
+    header = b"Image type: RGB image\r\nImage size (x*y): " + size + b"\r\n\x1a"
+    return header.ljust(512, b"\0") + bytes(300)
+
+
+@pytest.mark.parametrize(
+    ("size", "raised"),
+    [(b"10.5*10", "TypeError"), (b"1*2*3", "ValueError")],
+    ids=["fractional-size", "three-numbers"],
+)
+def test_image_that_makes_pillow_raise_anything_is_bad_image(size: bytes, raised: str) -> None:
+    error = decode_sample(raw(jpg=im_file(size), txt=b"x"), DecodeConfig())
+    assert isinstance(error, SampleError)
+    assert (error.code, error.stage, error.member) == ("bad_image", "decode", "k9.jpg")
+    assert error.reason.startswith("shard shard-3: member k9.jpg: not a decodable image (" + raised + ": ")
+    assert "fix: re-export the image" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("data", "cause", "fix"),
+    [
+        (b'{"a": "\\ud800"}', "\\ud800, a lone surrogate", "fix: remove it"),
+        (b'{"n": ' + b"7" * 5000 + b"}", "Exceeds the limit", "fix: store very long numbers as strings"),
+        (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested deeper", "fix: flatten it"),
+    ],
+    ids=["lone-surrogate", "5000-digit-int", "nested-50000-deep"],
+)
+def test_metadata_python_cannot_store_is_bad_metadata(data: bytes, cause: str, fix: str) -> None:
+    error = decode_sample(raw(jpg=jpeg_bytes(), txt=b"ok", json=data), DecodeConfig())
+    assert isinstance(error, SampleError)
+    assert (error.code, error.member) == ("bad_metadata", "k9.json")
+    assert error.reason.startswith("shard shard-3: member k9.json: ") and cause in error.reason and fix in error.reason
+
+
+def test_image_over_the_configured_limit_names_the_fix() -> None:
+    png = image_bytes(Image.new("RGB", (100, 100)), "PNG")
+    error = decode_sample(raw(png=png, txt=b"x"), DecodeConfig(max_image_pixels=5000))
+    assert isinstance(error, SampleError) and error.code == "image_too_large"
+    assert "shard shard-3: member k9.png: image is 100x100 = 10,000 pixels, over the limit of 5,000" in error.reason
+    assert "raise --max-image-pixels" in error.reason
+
+
+def test_raised_max_image_pixels_beats_pillows_own_limit() -> None:
+    """Pillow refuses over 89,478,485 pixels on its own; --max-image-pixels above that must let the image through."""
+    side = 9500  # 90.25 Mpx, a 30 KB one-bit PNG; decoding it to RGB takes about 270 MB, once
+    big = image_bytes(Image.new("1", (side, side), 1), "PNG")
+    assert side * side > LIMIT
+    image = decode_image(big, max_pixels=100_000_000)
+    assert image.size == (side, side) and image.getpixel((side - 1, side - 1)) == (255, 255, 255)

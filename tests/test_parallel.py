@@ -50,3 +50,15 @@ def test_errors_surface_in_order() -> None:
         assert [next(out) for _ in range(3)] == [0, 1, 2]
         with pytest.raises(ValueError, match="three"):
             next(out)
+
+
+def test_items_read_before_the_source_breaks_are_yielded_then_the_error() -> None:
+    def breaking_source():
+        yield from range(5)
+        raise OSError("the stream broke")
+
+    got = []
+    with ThreadPoolExecutor(2) as pool, pytest.raises(OSError, match="the stream broke"):
+        for value in map_ordered(pool, lambda x: x * 10, breaking_source(), window=8):
+            got.append(value)
+    assert got == [0, 10, 20, 30, 40]

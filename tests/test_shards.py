@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from mmembed.records import RawSample, SampleError
+from mmembed.schema import errors_table
 from mmembed.shards import check_unique_names, expand_braces, iter_shard_samples, shard_name
-from tests.tarmaker import sample_members, write_tar
+from tests.tarmaker import directory, link, sample_members, write_tar
 
 EXTS = ("jpg", "png")
 
@@ -138,8 +141,6 @@ def test_stream_is_read_once_forward_only() -> None:
             return False
 
     tar = io.BytesIO()
-    import tarfile
-
     with tarfile.open(fileobj=tar, mode="w") as t:
         for name, data in sample_members("k0"):
             info = tarfile.TarInfo(name)
@@ -147,3 +148,77 @@ def test_stream_is_read_once_forward_only() -> None:
             t.addfile(info, io.BytesIO(data))
     items = list(iter_shard_samples(io.BufferedReader(ForwardOnly(tar.getvalue())), "s", EXTS))
     assert [i.key for i in items] == ["k0"]
+
+
+def test_member_name_that_is_not_utf8_makes_its_sample_one_error(tmp_path: Path) -> None:
+    """GNU tar stores names as raw bytes: 0xE9 (latin-1 'é') arrives as the lone surrogate U+DCE9."""
+    members = sample_members("k0") + sample_members("caf\udce9") + sample_members("k2")
+    path = write_tar(tmp_path / "n.tar", members, fmt=tarfile.GNU_FORMAT)
+    assert b"caf\xe9.jpg" in path.read_bytes()
+    items = read(path)
+    assert [(type(i).__name__, i.key) for i in items] == [
+        ("RawSample", "k0"),
+        ("SampleError", "caf\\udce9"),
+        ("RawSample", "k2"),
+    ]
+    error = items[1]
+    assert (error.code, error.stage, error.member) == ("bad_member_name", "read", "caf\\udce9.jpg")
+    assert "shard n: member caf\\udce9.jpg:" in error.reason and "b'caf\\xe9.jpg'" in error.reason
+    assert "fix: rename the member to UTF-8" in error.reason
+    table = errors_table([error])
+    pq.write_table(table, io.BytesIO())  # written as UTF-8 without raising
+    assert table.column("key").to_pylist() == ["caf\\udce9"]
+
+
+def test_non_utf8_byte_in_one_extension_fails_the_whole_sample(tmp_path: Path) -> None:
+    members = [*sample_members("k0"), ("k0.j\udce9son", b"{}"), *sample_members("k1")]
+    items = read(write_tar(tmp_path / "e.tar", members, fmt=tarfile.GNU_FORMAT))
+    assert [(type(i).__name__, i.key, getattr(i, "code", None)) for i in items] == [
+        ("SampleError", "k0", "bad_member_name"),
+        ("RawSample", "k1", None),
+    ]
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["symlink", "hardlink"])
+def test_sample_of_only_links_is_exactly_one_error(tmp_path: Path, hard: bool) -> None:
+    members = [
+        *sample_members("k0"),
+        link("k1.jpg", "k0.jpg", hard=hard),
+        link("k1.txt", "k0.txt", hard=hard),
+        *sample_members("k2"),
+    ]
+    items = read(write_tar(tmp_path / "l.tar", members))
+    assert [(type(i).__name__, i.key) for i in items] == [
+        ("RawSample", "k0"),
+        ("SampleError", "k1"),
+        ("RawSample", "k2"),
+    ]
+    error = items[1]
+    assert (error.code, error.stage, error.member) == ("link_member", "read", "k1.jpg")
+    kind, option = ("hard", "--hard-dereference") if hard else ("symbolic", "--dereference")
+    assert f"shard l: member k1.jpg: a {kind} link to k0.jpg" in error.reason
+    assert "fix: store the file itself" in error.reason and option in error.reason
+
+
+def test_linked_image_beside_good_caption_and_metadata_is_the_samples_error(tmp_path: Path) -> None:
+    good = sample_members("k1")
+    members = [link("k1.jpg", "/photos/k1.jpg"), *good[1:], *sample_members("k2")]
+    items = read(write_tar(tmp_path / "i.tar", members))
+    assert [(type(i).__name__, i.key, getattr(i, "member", None)) for i in items] == [
+        ("SampleError", "k1", "k1.jpg"),
+        ("RawSample", "k2", None),
+    ]
+
+
+def test_special_member_is_recorded(tmp_path: Path) -> None:
+    fifo = tarfile.TarInfo("k1.jpg")
+    fifo.type = tarfile.FIFOTYPE
+    items = read(write_tar(tmp_path / "f.tar", [fifo, ("k1.txt", b"x"), *sample_members("k2")]))
+    assert [(i.key, getattr(i, "code", None)) for i in items] == [("k1", "special_member"), ("k2", None)]
+    assert "a FIFO, not a regular file" in items[0].reason and "fix:" in items[0].reason
+
+
+def test_directory_entries_are_skipped_silently(tmp_path: Path) -> None:
+    members = [directory("d"), *[(f"d/{n}", data) for n, data in sample_members("k0")], directory("d/e/")]
+    items = read(write_tar(tmp_path / "d.tar", [*members, *sample_members("k1")]))
+    assert [(type(i).__name__, i.key) for i in items] == [("RawSample", "d/k0"), ("RawSample", "k1")]

@@ -1,9 +1,16 @@
-"""Beam pieces of the embed job: read + decode shards, preprocess, RunInference, write per-shard Parquet.
+"""Beam pieces of the embed job: read + decode shards, preprocess, RunInference, commit each shard as it ends.
 
-Each DoFn is a thin wrapper around a plain function in ``mmembed``. Samples go into RunInference one
-element each, so batches fill as samples arrive; they come out as one ``EmbeddedChunk`` per shard
-in a batch, so grouping and writing handle a few arrays per batch rather than an element per sample.
-Every sample ends in an embedded chunk or as a ``SampleError``, and the writer groups both by shard.
+One fused chain, no shuffle after the shard list is spread over workers:
+
+    shard -> ReadAndPrepareShard -> RunInference(OpenClipModelHandler) -> WriteShardOutputs
+
+The reader yields, in tar order, a ``ModelInput`` or a ``SampleError`` per sample and, last, a ``ShardEnd``.
+All three travel through RunInference's batches (only model inputs count towards a batch's size, so batches
+of inputs are exactly what they would be without the others); the handler embeds the inputs and passes the
+rest on, in order. So the writer sees every record of a shard before that shard's ``ShardEnd``, and commits
+the shard then: output is durable shard by shard while other shards are still being read, and memory holds
+about one shard, however large the input. A GroupByKey in front of the writer would be a barrier over the
+whole dataset (nothing written before everything is embedded), on Dataflow as on the local runner.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -21,20 +29,33 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from mmembed.config import DecodeConfig, EncoderConfig
 from mmembed.decode import decode_sample
+from mmembed.embed.resume import output_metadata
 from mmembed.encoders.openclip import CaptionTokenizer, ImagePreprocessor, OpenClipEncoder, resolve_preprocess_cfg
 from mmembed.outputs import ShardOutputs
 from mmembed.parallel import map_ordered
 from mmembed.preprocess import prepare_sample
-from mmembed.records import STAGE_ENCODE, EmbeddedChunk, ModelInput, RawSample, SampleError
+from mmembed.records import (
+    STAGE_DECODE,
+    STAGE_ENCODE,
+    EmbeddedChunk,
+    ModelInput,
+    RawSample,
+    SampleError,
+    ShardEnd,
+    ShardSource,
+)
 from mmembed.schema import chunk_table, errors_table
 from mmembed.shards import iter_shard_samples, shard_name, unreadable_shard_error
 
 from . import filesystem
+from .metrics import job_counters
+from .runner import make_pipeline
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "mmembed"
-ERRORS_TAG = "errors"
+ShardRecord = ModelInput | SampleError | ShardEnd  # what the reader yields, in tar order
+WriterRecord = EmbeddedChunk | SampleError | ShardEnd  # what the writer receives, still in order per shard
 
 
 def _count_error(error: SampleError) -> SampleError:
@@ -44,8 +65,22 @@ def _count_error(error: SampleError) -> SampleError:
     return error
 
 
+def unexpected_sample_error(item: RawSample, exc: Exception) -> SampleError:
+    """The record for a sample whose decode or preprocess raised something no stage expected: it costs that
+    sample only, and the reason says enough to report it."""
+    return SampleError(
+        item.shard,
+        item.key,
+        None,
+        STAGE_DECODE,
+        "sample_failed",
+        f"shard {item.shard}: sample {item.key}: failed unexpectedly ({type(exc).__name__}: {exc}); the other "
+        "samples were processed; fix: check this sample's files, and report the error if they look valid",
+    )
+
+
 class ReadAndPrepareShard(beam.DoFn):
-    """shard URL -> model inputs (main output) and ``SampleError`` records (``errors`` output).
+    """``ShardSource`` -> a ``ModelInput`` or ``SampleError`` per sample in tar order, then one ``ShardEnd``.
 
     The tar is streamed in order; decoding, resize/crop and tokenizing run on a small thread pool
     (Pillow releases the GIL), so they overlap with each other and with inference downstream.
@@ -59,55 +94,68 @@ class ReadAndPrepareShard(beam.DoFn):
         self.preprocessor = ImagePreprocessor(resolve_preprocess_cfg(self.encoder_config))
         self.tokenizer = CaptionTokenizer(self.encoder_config)
         self.pool = ThreadPoolExecutor(self.decode_config.threads, thread_name_prefix="mmembed-decode")
+        self.samples_in = Metrics.counter(NAMESPACE, "samples_in")
 
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def prepare(self, item: RawSample | SampleError) -> ModelInput | SampleError:
-        """One raw sample -> model input, or the error of the first stage that failed."""
+        """One raw sample -> model input, or the error of the first stage that failed (never an exception)."""
         if isinstance(item, SampleError):
             return item
-        decoded = decode_sample(item, self.decode_config)
-        if isinstance(decoded, SampleError):
-            return decoded
-        return prepare_sample(decoded, self.preprocessor.to_pixels, self.tokenizer)
-
-    def process(self, url: str) -> Iterator[Any]:
-        shard = shard_name(url)
         try:
-            stream = filesystem.open_read(url)
+            decoded = decode_sample(item, self.decode_config)
+            if isinstance(decoded, SampleError):
+                return decoded
+            return prepare_sample(decoded, self.preprocessor.to_pixels, self.tokenizer)
+        except Exception as exc:  # noqa: BLE001 - whatever one sample raises is recorded against that sample
+            return unexpected_sample_error(item, exc)
+
+    def process(self, source: ShardSource) -> Iterator[ShardRecord]:
+        shard = shard_name(source.url)
+        samples = 0
+        for record in self._records(source, shard):
+            if isinstance(record, SampleError):
+                _count_error(record)
+            if not (isinstance(record, SampleError) and record.is_shard_error):
+                samples += 1
+                self.samples_in.inc()
+            yield record
+        yield ShardEnd(source, shard, samples)
+
+    def _records(self, source: ShardSource, shard: str) -> Iterator[ModelInput | SampleError]:
+        try:
+            stream = filesystem.open_read(source.url)
         except Exception as exc:  # noqa: BLE001 - a missing or unreadable shard is recorded, not fatal
-            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(unreadable_shard_error(url, exc)))
+            yield unreadable_shard_error(source.url, exc)
             return
         window = 4 * self.decode_config.threads + self.encoder_config.batch_size
         with stream:
             try:
                 items = iter_shard_samples(stream, shard, self.decode_config.image_extensions)
-                for item in map_ordered(self.pool, self.prepare, items, window):
-                    if not (isinstance(item, SampleError) and item.is_shard_error):
-                        Metrics.counter(NAMESPACE, "samples_in").inc()
-                    if isinstance(item, SampleError):
-                        yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(item))
-                    else:
-                        yield item
-            except Exception as exc:  # noqa: BLE001 - an unexpected failure costs this shard, not the whole job
+                yield from map_ordered(self.pool, self.prepare, items, window)
+            except Exception as exc:  # noqa: BLE001 - a failure of the tar stream costs this shard, not the job
                 log.exception("shard %s: processing failed", shard)
                 reason = (
                     f"shard {shard}: stopped by an unexpected error ({type(exc).__name__}: {exc}); the samples "
-                    "read before it are kept; re-run with --overwrite to retry the shard"
+                    "read before it are kept; the next run of the job retries the shard"
                 )
-                error = SampleError(shard, None, None, "shard", "shard_failed", reason)
-                yield beam.pvalue.TaggedOutput(ERRORS_TAG, _count_error(error))
+                yield SampleError(shard, None, None, "shard", "shard_failed", reason)
 
 
-class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedChunk, OpenClipEncoder]):
-    """RunInference handler: a batch of ``ModelInput`` -> both towers -> one ``EmbeddedChunk`` per shard in it.
+def model_input_weight(record: ShardRecord) -> int:
+    """A batch's size counts model inputs only: errors and shard ends ride along without taking a slot."""
+    return 1 if isinstance(record, ModelInput) else 0
 
-    Inputs stay one element per sample: a batch runs as soon as it is full, while the decode threads
-    keep going (whole-chunk inputs measured slower: each shard's last chunk ran with the decoders
-    idle). Outputs are per shard, so downstream Beam codes and groups a few arrays per batch instead
-    of an element per sample. The model loads in ``load_model`` on the worker. On a GPU the model is
-    shared across the SDK processes of a worker (one copy per GPU), instead of one copy per process.
+
+class OpenClipModelHandler(ModelHandler[ShardRecord, WriterRecord, OpenClipEncoder]):
+    """RunInference handler: a batch of reader records -> both towers over its model inputs -> one
+    ``EmbeddedChunk`` per shard in it, then the batch's other records (errors, shard ends) in their order.
+
+    Inputs stay one element per sample: a batch runs as soon as it holds ``batch_size`` inputs, whichever
+    shards they come from, while the decode threads keep going. The model loads in ``load_model`` on the
+    worker; on a GPU it is shared across the SDK processes of a worker (one copy per GPU). A batch the model
+    raises on becomes one ``encode_failed`` error per sample, and the job goes on.
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -117,6 +165,7 @@ class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedChunk, OpenClipEncod
             max_batch_size=config.batch_size,
             large_model=share,
             model_copies=1 if share else None,
+            element_size_fn=model_input_weight,
         )
         self.config = config
 
@@ -124,99 +173,161 @@ class OpenClipModelHandler(ModelHandler[ModelInput, EmbeddedChunk, OpenClipEncod
         return OpenClipEncoder.load(self.config)
 
     def run_inference(
-        self, batch: Sequence[ModelInput], model: OpenClipEncoder, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[EmbeddedChunk]:
-        pixels = np.stack([item.pixels for item in batch])
-        tokens = np.stack([item.tokens for item in batch])
-        image_emb, text_emb = model.embed(pixels, tokens)
-        similarity = np.einsum("ij,ij->i", image_emb, text_emb)
-        Metrics.counter(NAMESPACE, "embedded").inc(len(batch))
-        return EmbeddedChunk.per_shard([item.row for item in batch], image_emb, text_emb, similarity)
+        self, batch: Sequence[ShardRecord], model: OpenClipEncoder, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[WriterRecord]:
+        inputs = [item for item in batch if isinstance(item, ModelInput)]
+        others = [item for item in batch if not isinstance(item, ModelInput)]
+        return [*self.embed_inputs(inputs, model), *others]
 
-    def get_num_bytes(self, batch: Sequence[ModelInput]) -> int:
-        return sum(item.pixels.nbytes + item.tokens.nbytes for item in batch)
+    def embed_inputs(self, inputs: Sequence[ModelInput], model: OpenClipEncoder) -> list[EmbeddedChunk | SampleError]:
+        """Both towers over ``inputs``: per-shard chunks, or an error per sample when the model raises."""
+        if not inputs:
+            return []
+        pixels = np.stack([item.pixels for item in inputs])
+        tokens = np.stack([item.tokens for item in inputs])
+        try:
+            image_emb, text_emb = model.embed(pixels, tokens)
+        except Exception as exc:  # noqa: BLE001 - the batch's samples are recorded, the job goes on
+            log.exception("the encoder failed on a batch of %d samples", len(inputs))
+            return [_count_error(error) for error in encode_failed_errors(inputs, exc)]
+        similarity = np.einsum("ij,ij->i", image_emb, text_emb)
+        Metrics.counter(NAMESPACE, "embedded").inc(len(inputs))
+        return list(EmbeddedChunk.per_shard([item.row for item in inputs], image_emb, text_emb, similarity))
+
+    def get_num_bytes(self, batch: Sequence[ShardRecord]) -> int:
+        return sum(item.pixels.nbytes + item.tokens.nbytes for item in batch if isinstance(item, ModelInput))
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE
 
 
-def failed_batch_to_errors(failure: tuple[Sequence[ModelInput], Exception]) -> Iterator[SampleError]:
+def encode_failed_errors(inputs: Sequence[ModelInput], exc: Exception) -> Iterator[SampleError]:
     """A batch the model raised on: every sample in it is recorded with the exception."""
-    batch, exc = failure
-    for item in batch:
+    for item in inputs:
         row = item.row
-        yield _count_error(
-            SampleError(
-                row["shard"],
-                row["key"],
-                None,
-                STAGE_ENCODE,
-                "encode_failed",
-                f"shard {row['shard']}: sample {row['key']}: the encoder failed on its batch "
-                f"({type(exc).__name__}: {exc})",
-            )
+        yield SampleError(
+            row["shard"],
+            row["key"],
+            None,
+            STAGE_ENCODE,
+            "encode_failed",
+            f"shard {row['shard']}: sample {row['key']}: the encoder failed on its batch "
+            f"({type(exc).__name__}: {exc}); the next run of the job does not redo it: re-run with --overwrite "
+            "once the cause is fixed",
         )
 
 
-class WriteShardOutputs(beam.DoFn):
-    """(shard, {chunks, errors}) -> embeddings/<shard>.parquet (rows by offset) then errors/<shard>.parquet,
-    atomically."""
+@dataclass
+class _OpenShard:
+    """What the writer holds of a shard whose ``ShardEnd`` has not arrived yet."""
 
-    def __init__(self, out: str, schema: Any, total_shards: int) -> None:
+    chunks: list[EmbeddedChunk] = field(default_factory=list)
+    errors: list[SampleError] = field(default_factory=list)
+
+
+class WriteShardOutputs(beam.DoFn):
+    """Holds each shard's chunks and errors until its ``ShardEnd``, then writes embeddings/<shard>.parquet
+    (rows in tar order) and errors/<shard>.parquet (last: its presence marks a complete shard), each atomically.
+
+    The embeddings file's footer also records where the shard came from and the job's settings
+    (``resume.output_metadata``), which a resumed run checks before it reuses the file.
+    """
+
+    def __init__(self, out: str, schema: Any, total_shards: int, settings: dict[str, Any]) -> None:
         self.out = out
         self.schema = schema
         self.total_shards = total_shards
+        self.settings = settings
         self.written = Metrics.counter(NAMESPACE, "shards_written")
+        self.rows_held = Metrics.distribution(NAMESPACE, "writer_rows_held")
         self.done = 0
 
-    def process(self, element: tuple[str, dict[str, list]]) -> Iterator[dict[str, Any]]:
-        shard, grouped = element
-        embedded = EmbeddedChunk.join(shard, list(grouped["chunks"]))
-        errors = sorted(grouped["errors"], key=lambda e: (e.key is None, e.key or "", e.member or ""))
-        outputs = ShardOutputs.for_shard(self.out, shard)
-        filesystem.write_atomic(outputs.embeddings, lambda f: pq.write_table(chunk_table(embedded, self.schema), f))
+    def start_bundle(self) -> None:
+        self.open: dict[str, _OpenShard] = {}
+
+    def process(self, record: WriterRecord) -> Iterator[dict[str, Any]]:
+        if isinstance(record, ShardEnd):
+            yield self.commit(record)
+            return
+        held = self.open.setdefault(record.shard, _OpenShard())
+        if isinstance(record, EmbeddedChunk):
+            held.chunks.append(record)
+        else:
+            held.errors.append(record)
+
+    def commit(self, end: ShardEnd) -> dict[str, Any]:
+        """Write the ended shard's two files, after checking every one of its samples reached the writer."""
+        held = self.open.pop(end.shard, _OpenShard())
+        embedded = EmbeddedChunk.join(end.shard, held.chunks)
+        errors = sorted(held.errors, key=lambda e: (e.key is None, e.key or "", e.member or ""))
+        received = len(embedded) + sum(1 for e in errors if not e.is_shard_error)
+        if received != end.samples:  # a record went astray: refuse to write a shard that misses samples
+            raise RuntimeError(
+                f"shard {end.shard}: {end.samples} samples were read but {received} reached the writer; "
+                "nothing was written for this shard"
+            )
+        self.rows_held.update(len(embedded) + sum(len(c) for s in self.open.values() for c in s.chunks))
+        outputs = ShardOutputs.for_shard(self.out, end.shard)
+        schema = self.schema.with_metadata({**self.schema.metadata, **output_metadata(end.source, self.settings)})
+        filesystem.write_atomic(outputs.embeddings, lambda f: pq.write_table(chunk_table(embedded, schema), f))
         filesystem.write_atomic(outputs.errors, lambda f: pq.write_table(errors_table(errors), f))
         self.written.inc()
         self.done += 1
         log.info(
             "shard %s: %d embedded, %d errors (%d shards written by this worker, %d in the job)",
-            shard,
+            end.shard,
             len(embedded),
             len(errors),
             self.done,
             self.total_shards,
         )
-        yield {"shard": shard, "embedded": len(embedded), "errors": len(errors)}
+        return {"shard": end.shard, "embedded": len(embedded), "errors": len(errors)}
+
+    def finish_bundle(self) -> None:
+        # Every reader record of a shard is emitted in the same bundle as its ShardEnd, and each step flushes
+        # its buffer before the next one finishes, so nothing can be left here.
+        if self.open:
+            raise RuntimeError(f"shards {sorted(self.open)} ended their bundle without a ShardEnd; none was written")
 
 
 class EmbedShards(beam.PTransform):
-    """PCollection of shard URLs -> per-shard Parquet outputs; yields one stats dict per shard."""
+    """PCollection of ``ShardSource`` -> per-shard Parquet outputs, each committed when its shard ends;
+    yields one stats dict per shard."""
 
-    def __init__(self, encoder: EncoderConfig, decode: DecodeConfig, out: str, schema: Any, total_shards: int) -> None:
+    def __init__(
+        self,
+        encoder: EncoderConfig,
+        decode: DecodeConfig,
+        out: str,
+        schema: Any,
+        total_shards: int,
+        settings: dict[str, Any],
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decode = decode
-        self.out = out
-        self.schema = schema
-        self.total_shards = total_shards
+        self.writer = WriteShardOutputs(out, schema, total_shards, settings)
 
-    def expand(self, urls: beam.PCollection) -> beam.PCollection:
-        urls = urls | "SpreadShards" >> beam.Reshuffle()
-        read = ReadAndPrepareShard(self.decode, self.encoder)
-        prepared = urls | "ReadAndPrepare" >> beam.ParDo(read).with_outputs(ERRORS_TAG, main="inputs")
-        inference = (
-            prepared.inputs | "Encode" >> RunInference(OpenClipModelHandler(self.encoder)).with_exception_handling()
-        )
-        encode_errors = inference[1].failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_errors)
-
-        errors = (prepared[ERRORS_TAG], encode_errors) | "AllErrors" >> beam.Flatten()
-        grouped = {
-            "shards": urls | "KeyShards" >> beam.Map(lambda url: (shard_name(url), url)),
-            "chunks": inference[0] | "KeyChunks" >> beam.Map(lambda c: (c.shard, c)),
-            "errors": errors | "KeyErrors" >> beam.Map(lambda e: (e.shard, e)),
-        }
+    def expand(self, sources: beam.PCollection) -> beam.PCollection:
         return (
-            grouped
-            | "GroupByShard" >> beam.CoGroupByKey()
-            | "Write" >> beam.ParDo(WriteShardOutputs(self.out, self.schema, self.total_shards))
+            sources
+            | "SpreadShards" >> beam.Reshuffle()  # the only shuffle: over the shard list, before any reading
+            | "ReadAndPrepare" >> beam.ParDo(ReadAndPrepareShard(self.decode, self.encoder))
+            | "Encode" >> RunInference(OpenClipModelHandler(self.encoder))
+            | "Write" >> beam.ParDo(self.writer)
         )
+
+
+def run_embed_pipeline(
+    sources: list[ShardSource],
+    transform: EmbedShards,
+    beam_args: list[str],
+    test_pipeline: Any = None,
+) -> dict[str, int]:
+    """Run ``transform`` over ``sources`` (on Beam's in-process runner unless ``beam_args`` name one);
+    return the job's counters."""
+    pipeline = test_pipeline if test_pipeline is not None else make_pipeline(beam_args)
+    _ = pipeline | "Shards" >> beam.Create(sources, reshuffle=False) | "Embed" >> transform
+    result = pipeline.run()
+    result.wait_until_finish()
+    return job_counters(result, NAMESPACE)

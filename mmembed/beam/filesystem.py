@@ -13,9 +13,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mmembed.config import ConfigError
+from mmembed.records import ShardSource
 from mmembed.shards import check_unique_names, expand_braces
 
 _GLOB_CHARS = set("*?[")
+TEMP_MARK = ".tmp-"  # write_atomic's temporaries are named .<final name>.tmp-<32 hex digits>
 
 
 def list_shards(patterns: list[str] | tuple[str, ...]) -> list[str]:
@@ -37,6 +39,28 @@ def list_shards(patterns: list[str] | tuple[str, ...]) -> list[str]:
     result = list(urls)
     check_unique_names(result)
     return result
+
+
+def stat_shards(urls: list[str]) -> list[ShardSource]:
+    """Each shard URL with its size and modification time, as the storage reports them now.
+
+    Local paths are made absolute, so the record names the same file from any working directory. A path
+    that cannot be listed keeps size and time None; the job then records why it cannot be read.
+    """
+    sources = []
+    for url in urls:
+        local = FileSystems.get_scheme(url) is None
+        try:
+            found = FileSystems.match([url])[0].metadata_list
+        except Exception:  # noqa: BLE001 - an unlistable shard is reported by the reader, with its cause
+            found = []
+        exact = next((m for m in found if m.path == url), None)
+        source_url = os.path.abspath(url) if local else url
+        if exact is None:
+            sources.append(ShardSource(source_url))
+        else:
+            sources.append(ShardSource(source_url, exact.size_in_bytes, exact.last_updated_in_seconds))
+    return sources
 
 
 def open_read(url: str) -> IO[bytes]:
@@ -77,7 +101,7 @@ def write_atomic(url: str, write: Callable[[IO[bytes]], None]) -> None:
     On failure the temporary file is removed; an ``OSError`` (disk full, no permission) gets ``url`` in its message.
     """
     directory, name = posixpath.split(url)
-    tmp = posixpath.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+    tmp = posixpath.join(directory, f".{name}{TEMP_MARK}{uuid.uuid4().hex}")
     try:
         make_dirs(directory)
         with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -91,6 +115,14 @@ def write_atomic(url: str, write: Callable[[IO[bytes]], None]) -> None:
             message = f"{cause} (while writing {url})"
             raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from exc
         raise
+
+
+def remove_temporaries(directory: str) -> int:
+    """Delete the hidden temporaries that writers killed mid-write left in ``directory``; return how many."""
+    found = FileSystems.match([posixpath.join(directory, f".*{TEMP_MARK}*")])[0].metadata_list
+    if found:
+        FileSystems.delete([m.path for m in found])
+    return len(found)
 
 
 def read_bytes(url: str) -> bytes:

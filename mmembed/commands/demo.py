@@ -29,14 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def demo(args: argparse.Namespace, extra: list[str]) -> int:
     """Shards, model, embeddings, index and example searches, all under ``--out``."""
-    from mmembed.commands.embed import print_summary
     from mmembed.config import EmbedJobConfig, EncoderConfig
+    from mmembed.embed.job import run_job
+    from mmembed.embed.summary import report
     from mmembed.index import IndexBuildConfig, build_index
     from mmembed.labelled import class_query, labelled_samples, labels_by_key, load, png_bytes
     from mmembed.makeshards import ShardSpec, write_shards
     from mmembed.search import Searcher
     from mmembed.train import TrainConfig, train
-    from pipelines.embed import run_job
 
     out = Path(args.out)
     for split in ("train", "test"):
@@ -66,7 +66,7 @@ def demo(args: argparse.Namespace, extra: list[str]) -> int:
         encoder=EncoderConfig(model=model.model, checkpoint=checkpoint, batch_size=64),
         overwrite=True,
     )
-    print_summary(run_job(config, extra))
+    report(run_job(config, extra), config.out)
     index_dir = out / "index"
     build_index(IndexBuildConfig(embeddings_dir=str(out / "emb"), out_dir=str(index_dir), overwrite=True))
     searcher = Searcher.from_dir(index_dir)

@@ -9,7 +9,7 @@ from mmembed.commands.output import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pipelines.embed import add_embed_arguments
+    from mmembed.embed.options import add_embed_arguments
 
     shards = sub.add_parser("make-shards", help="write WebDataset shards from images + captions")
     source = shards.add_mutually_exclusive_group(required=True)
@@ -61,12 +61,7 @@ def make_shards(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def embed(args: argparse.Namespace, extra: list[str]) -> int:
-    from pipelines.embed import config_from_args, run_job
+    from mmembed.embed.job import run_and_report
+    from mmembed.embed.options import config_from_args
 
-    print_summary(run_job(config_from_args(args), extra))
-    return 0
-
-
-def print_summary(summary: dict) -> None:
-    """The job summary without the (long) provenance block; summary.json on disk has it all."""
-    print_json({k: v for k, v in summary.items() if k != "provenance"})
+    return run_and_report(config_from_args(args), extra)

@@ -99,7 +99,7 @@ def test_provenance_and_summary(embedded: tuple[Path, dict], demo_shards: list[s
 
 def test_float16_output(demo_shards: list[str], tmp_path: Path, tiny_config: EncoderConfig) -> None:
     from mmembed.config import EmbedJobConfig
-    from pipelines.embed import run_job
+    from mmembed.embed.job import run_job
     from tests.helpers import offline_test_pipeline
 
     config = EmbedJobConfig(shards=(demo_shards[0],), out=str(tmp_path), encoder=tiny_config, output_dtype="float16")

@@ -25,6 +25,7 @@ import pytest
 import mmembed.beam.embed as beam_embed
 from mmembed.cli import main
 from mmembed.config import ConfigError, EncoderConfig
+from mmembed.embed.summary import exit_status
 from mmembed.index.evaluate import sample_rows
 from mmembed.index.reader import EmbeddingsReadError, open_embeddings
 from pipelines.build_index import run as build_index_run
@@ -51,7 +52,7 @@ def slow_write_atomic(url, write):
 
 filesystem.write_atomic = slow_write_atomic
 from pipelines.embed import run
-run(sys.argv[1:])
+sys.exit(run(sys.argv[1:]))
 """
 
 
@@ -132,33 +133,62 @@ class InjectedFault(Exception):
     """A failure type the embed job does not expect anywhere."""
 
 
-def test_a_shard_that_raises_is_recorded_and_the_others_are_written(
+def test_a_sample_that_raises_costs_only_that_sample(
     demo_shards: list[str], reference: Path, tmp_path: Path, tiny_config: EncoderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     victim = Path(demo_shards[1]).stem
     decode = beam_embed.decode_sample
+    bad_key = sorted(pq.read_table(reference / "embeddings" / f"{victim}.parquet")["key"].to_pylist())[3]
 
     def failing_decode(sample, config):  # noqa: ANN001, ANN202
-        if sample.shard == victim:
+        if (sample.shard, sample.key) == (victim, bad_key):
             raise InjectedFault("the decoder crashed")
         return decode(sample, config)
 
     monkeypatch.setattr(beam_embed, "decode_sample", failing_decode)
     summary = embed(demo_shards[:3], tmp_path, tiny_config)
 
+    assert summary["failed_shards"] == [] and summary["errors_by_reason"] == {"sample_failed": 1}
+    assert summary["embedded"] == 29 and summary["samples_in"] == 30
+    errors = pq.read_table(tmp_path / "errors" / f"{victim}.parquet").to_pylist()
+    assert [(e["key"], e["stage"], e["code"]) for e in errors] == [(bad_key, "decode", "sample_failed")]
+    assert f"shard {victim}: sample {bad_key}" in errors[0]["reason"]
+    assert "InjectedFault: the decoder crashed" in errors[0]["reason"]
+    kept = pq.read_table(tmp_path / "embeddings" / f"{victim}.parquet")
+    expected = pq.read_table(reference / "embeddings" / f"{victim}.parquet")
+    assert kept.num_rows == expected.num_rows - 1  # the samples after the failing one were embedded
+
+
+def test_a_shard_whose_stream_raises_is_recorded_and_retried(
+    demo_shards: list[str], reference: Path, tmp_path: Path, tiny_config: EncoderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = Path(demo_shards[1]).stem
+    read = beam_embed.iter_shard_samples
+
+    def breaking_read(stream, shard, extensions):  # noqa: ANN001, ANN202
+        for i, item in enumerate(read(stream, shard, extensions)):
+            if shard == victim and i == 4:
+                raise InjectedFault("the stream broke")
+            yield item
+
+    monkeypatch.setattr(beam_embed, "iter_shard_samples", breaking_read)
+    summary = embed(demo_shards[:3], tmp_path, tiny_config)
+
     assert summary["failed_shards"] == [victim] and summary["shard_errors"] == {"shard_failed": 1}
-    assert summary["beam_counters"]["errors.shard_failed"] == 1 and summary["embedded"] == 20
+    assert summary["beam_counters"]["errors.shard_failed"] == 1 and summary["embedded"] == 24
+    assert exit_status(summary) == 3
     errors = pq.read_table(tmp_path / "errors" / f"{victim}.parquet").to_pylist()
     assert [(e["key"], e["stage"], e["code"]) for e in errors] == [(None, "shard", "shard_failed")]
-    assert f"shard {victim}" in errors[0]["reason"] and "InjectedFault: the decoder crashed" in errors[0]["reason"]
-    assert pq.read_metadata(tmp_path / "embeddings" / f"{victim}.parquet").num_rows == 0
+    assert f"shard {victim}" in errors[0]["reason"] and "InjectedFault: the stream broke" in errors[0]["reason"]
+    assert pq.read_metadata(tmp_path / "embeddings" / f"{victim}.parquet").num_rows == 4  # those read before it
     for shard in (demo_shards[0], demo_shards[2]):  # the other shards are whole and right
         name = f"{Path(shard).stem}.parquet"
         assert_same_rows(pq.read_table(tmp_path / "embeddings" / name), pq.read_table(reference / "embeddings" / name))
 
-    monkeypatch.setattr(beam_embed, "decode_sample", decode)  # the fault is gone: a re-run retries that shard only
+    monkeypatch.setattr(beam_embed, "iter_shard_samples", read)  # the fault is gone: a re-run retries that shard only
     again = embed(demo_shards[:3], tmp_path, tiny_config)
     assert again["shards_processed"] == 1 and again["failed_shards"] == [] and again["embedded"] == 30
+    assert exit_status(again) == 0
 
 
 def test_unwritable_output_dir_fails_before_any_work_with_a_clear_error(

@@ -1,4 +1,5 @@
-"""The RunInference model handler: batching, one copy per GPU, per-shard outputs, failed batches recorded per sample."""
+"""The RunInference model handler: batching by model inputs only, one copy per GPU, per-shard outputs, other
+records passed on in order, failed batches recorded per sample."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import numpy as np
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
-from mmembed.beam.embed import OpenClipModelHandler, failed_batch_to_errors
+from mmembed.beam.embed import OpenClipModelHandler, model_input_weight
 from mmembed.config import EncoderConfig
 from mmembed.encoders.openclip import CaptionTokenizer, resolve_preprocess_cfg
-from mmembed.records import ModelInput
+from mmembed.records import EmbeddedChunk, ModelInput, SampleError, ShardEnd, ShardSource
 from tests.helpers import offline_test_pipeline
 
 
@@ -36,7 +37,11 @@ def model_inputs(config: EncoderConfig, count: int, shards: Sequence[str] = ("s"
 def test_gpu_handler_shares_one_model_copy_and_cpu_does_not(tiny_config: EncoderConfig) -> None:
     gpu = OpenClipModelHandler(replace(tiny_config, device="cuda", batch_size=256))
     assert gpu.share_model_across_processes() and gpu.model_copies() == 1
-    assert gpu.batch_elements_kwargs() == {"min_batch_size": 256, "max_batch_size": 256}
+    assert gpu.batch_elements_kwargs() == {
+        "min_batch_size": 256,
+        "max_batch_size": 256,
+        "element_size_fn": model_input_weight,
+    }
     assert not OpenClipModelHandler(tiny_config).share_model_across_processes()
 
 
@@ -60,31 +65,71 @@ def test_run_inference_is_normalised_batch_independent_and_one_chunk_per_shard(t
         np.testing.assert_allclose(chunk.similarity, cosine, atol=1e-6)
 
 
+def test_batches_count_model_inputs_only_and_pass_other_records_on_in_order(tiny_config: EncoderConfig) -> None:
+    """Errors and shard ends ride in the batches without taking a slot; each batch's chunks come before the
+    records that followed its inputs, so a shard's end reaches the writer after all of its rows."""
+    config = replace(tiny_config, batch_size=3)
+    inputs = model_inputs(config, 6, shards=("a", "b"))
+    error = SampleError("a", "bad", "bad.jpg", "decode", "bad_image", "shard a: member bad.jpg: broken")
+    end_a = ShardEnd(ShardSource("a.tar"), "a", 4)
+    end_b = ShardEnd(ShardSource("b.tar"), "b", 3)
+    records = [*inputs[:2], error, inputs[2], end_a, *inputs[3:], end_b]
+
+    def describe(out: object) -> tuple:
+        if isinstance(out, EmbeddedChunk):
+            return ("chunk", out.shard, tuple(row["key"] for row in out.rows))
+        return (type(out).__name__, out.shard)
+
+    with offline_test_pipeline() as p:
+        outputs = p | beam.Create(records, reshuffle=False) | RunInference(OpenClipModelHandler(config))
+        batches = outputs | beam.combiners.ToList() | beam.Map(lambda found: [describe(o) for o in found])
+        assert_that(
+            batches,
+            equal_to(
+                [
+                    [
+                        ("chunk", "a", ("k0", "k1", "k2")),
+                        ("SampleError", "a"),
+                        ("ShardEnd", "a"),
+                        ("chunk", "b", ("k3", "k4", "k5")),
+                        ("ShardEnd", "b"),
+                    ]
+                ]
+            ),
+        )
+
+
+class DeviceAssert:
+    """An encoder whose every call fails, like a GPU after a device-side assert."""
+
+    def embed(self, pixels: Any, tokens: Any) -> Any:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
 class FailsOnKey(OpenClipModelHandler):
-    """Raises on any batch that holds the key ``k3``, like a model hitting a bad input."""
+    """The model raises on any batch that holds the key ``k3``, like a model hitting a bad input."""
 
-    def run_inference(self, batch: Sequence[ModelInput], model: Any, inference_args: Any = None) -> Any:
-        if any(item.row["key"] == "k3" for item in batch):
-            raise RuntimeError("CUDA error: device-side assert triggered")
-        return super().run_inference(batch, model, inference_args)
+    def embed_inputs(self, inputs: Sequence[ModelInput], model: Any) -> Any:
+        broken = any(item.row["key"] == "k3" for item in inputs)
+        return super().embed_inputs(inputs, DeviceAssert() if broken else model)
 
 
-def test_a_failing_batch_becomes_one_error_per_sample(tiny_config: EncoderConfig) -> None:
+def test_a_failing_batch_becomes_one_error_per_sample_and_the_job_goes_on(tiny_config: EncoderConfig) -> None:
     config = replace(tiny_config, batch_size=2)
     with offline_test_pipeline() as p:
-        good, failed = (
-            p | beam.Create(model_inputs(config, 6)) | RunInference(FailsOnKey(config)).with_exception_handling()
-        )
-        errors = failed.failed_inferences | beam.FlatMap(failed_batch_to_errors)
+        out = p | beam.Create(model_inputs(config, 6), reshuffle=False) | RunInference(FailsOnKey(config))
         assert_that(
-            good | "GoodKeys" >> beam.FlatMap(lambda c: [row["key"] for row in c.rows]),
+            out
+            | "GoodKeys" >> beam.FlatMap(lambda c: [r["key"] for r in c.rows] if isinstance(c, EmbeddedChunk) else []),
             equal_to(["k0", "k1", "k4", "k5"]),
             label="four embedded",
         )
         assert_that(
-            errors
-            | beam.Map(lambda e: (e.code, e.stage, "device-side assert" in e.reason))
-            | beam.combiners.Count.PerElement(),
-            equal_to([(("encode_failed", "encode", True), 2)]),
+            out
+            | beam.Filter(lambda e: isinstance(e, SampleError))
+            | beam.Map(lambda e: (e.key, e.code, e.stage, "device-side assert" in e.reason))
+            | beam.combiners.ToList()
+            | beam.Map(sorted),
+            equal_to([[("k2", "encode_failed", "encode", True), ("k3", "encode_failed", "encode", True)]]),
             label="two recorded",
         )
