@@ -58,9 +58,16 @@ def check_unique_names(urls: list[str]) -> None:
 
 
 def unreadable_shard_error(url: str, exc: Exception) -> SampleError:
-    """The record for a shard that could not be opened (missing, no permission, remote read failed)."""
+    """The record for a shard that could not be opened (missing, a directory, no permission, remote read failed)."""
     shard = shard_name(url)
-    return SampleError(shard, None, None, STAGE_SHARD, "unreadable_shard", f"shard {shard}: cannot open {url} ({exc})")
+    if isinstance(exc, IsADirectoryError):
+        fix = f"it is a directory: pass the shard files in it, e.g. --shards '{url.rstrip('/')}/*.tar'"
+    elif isinstance(exc, FileNotFoundError):
+        fix = "check the path (a glob that matches nothing is refused before the job starts)"
+    else:
+        fix = "check the path and your read permission; the next run of the job retries the shard"
+    reason = f"shard {shard}: cannot open {url} ({type(exc).__name__}: {exc}); fix: {fix}"
+    return SampleError(shard, None, None, STAGE_SHARD, "unreadable_shard", utf8_safe(reason))
 
 
 def iter_shard_samples(

@@ -69,3 +69,22 @@ def test_demo_runs_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (tmp_path / "index" / "infos.json").is_file() and "search: 'a handwritten seven'" in out
     assert (tmp_path / "search-results.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "model" / "loss.png").is_file()
+
+
+def test_make_shards_exits_3_when_inputs_were_skipped_and_2_when_nothing_was_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo_folder(tmp_path / "photos")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,caption\nastronaut.jpg,an astronaut\nmissing.jpg,gone\n")
+    argv = ["make-shards", "--manifest", str(manifest), "--image-root", str(tmp_path / "photos")]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 3
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["samples"] == 1
+    assert "1 input(s) skipped" in captured.err and str(tmp_path / "photos" / "missing.jpg") in captured.err
+
+    manifest.write_text("image,caption\nmissing.jpg,gone\n")
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    assert "no sample could be written" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["make-shards", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == 2

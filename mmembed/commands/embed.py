@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mmembed.commands.output import print_json
@@ -57,6 +58,21 @@ def make_shards(args: argparse.Namespace, extra: list[str]) -> int:
     result = write_shards(samples, spec)
     missing = result.pop("missing_images")
     print_json({**result, "missing_images": len(missing), "missing_examples": missing[:20]})
+    return make_shards_status(result["samples"], missing)
+
+
+def make_shards_status(written: int, missing: list[str]) -> int:
+    """2 when no sample could be written, 3 when some inputs were skipped (named on stderr), else 0."""
+    if not written:
+        print("mmembed make-shards: error: no sample could be written; check the input path", file=sys.stderr)
+        return 2
+    if missing:
+        print(
+            f"mmembed make-shards: {len(missing)} input(s) skipped, their image files are missing "
+            f"(first: {missing[0]}); fix the paths and run again into an empty --out",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
