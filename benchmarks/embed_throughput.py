@@ -1,5 +1,8 @@
-"""Throughput benchmark: the Beam embed job vs a plain PyTorch DataLoader loop on the same shards and model.
+"""Embed job benchmark: throughput against a plain PyTorch loop, then durability and memory, few vs many shards.
 
+Two sections, both run by default (``--sections throughput durability`` picks).
+
+**throughput**: the Beam embed job vs a plain PyTorch DataLoader loop on the same shards and model.
 Both sides do the same work per run and are timed end to end (what a user waits for):
 
 * beam:  ``mmembed.embed.job.run_job(EmbedJobConfig(..., overwrite=True))`` into a fresh output dir.
@@ -30,6 +33,29 @@ Run it from the repository root (no network needed; the default model is the bun
 ``--beam-args`` is passed to ``run_job`` as Beam pipeline options. Without ``--runner`` in it, the job
 uses the in-process FnApiRunner, which itself honours ``--direct_num_workers`` and
 ``--direct_running_mode`` (multi_threading / multi_processing), so no explicit runner is needed for those.
+
+**durability**: the job writes each shard's outputs as soon as that shard is embedded (embeddings, then
+errors, each atomically; the errors file marks a complete shard), so the first shard should be durable
+after about one shard's work whatever the input size, and memory should not grow with the number of
+shards. The section runs ``python -m pipelines.embed`` (the job as a user starts it) in a fresh process on
+the first 8, then the first 80 (``--durability-shards``) of one set of generated shards of 50 samples each
+(``--durability-samples-per-shard``), so only the shard count varies. It polls ``<out>/errors/`` for
+final-named ``*.parquet`` files (temporaries are hidden ``.<name>.tmp-<hex>`` files): the first one is
+the first durable shard; when there is one per shard it reads the job's peak RSS so far (``VmHWM`` in
+``/proc``: the memory of reading, embedding and writing). A small launcher process starts the job and
+reaps it with ``os.wait4`` for its ``ru_maxrss`` too (started from this process, the job would be charged
+this process's own peak), the peak of the whole process, which adds the summary and about a second of
+interpreter teardown whose spike of tens of MB says little about the job. The model is mmembed-tiny's towers with 512-d
+embeddings (a ``local-dir:`` config written into the work dir, random init with ``--seed``), so each
+sample's output is realistically sized while the towers stay fast on CPU. The runs of each shard count
+alternate (``--durability-repeats``, default 3) and the table shows medians: total seconds, seconds to the
+first durable shard, that as a fraction of the total, both peak RSS figures, and their differences most vs
+fewest shards. ``--job-root`` starts the job from another source tree (e.g. a git worktree of an older commit,
+to compare), put first on ``PYTHONPATH``; the report names the ``pipelines/embed.py`` it ran::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embed_throughput.py --sections durability
+    git worktree add /tmp/mmembed-old OLD_COMMIT
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embed_throughput.py --sections durability --job-root /tmp/mmembed-old
 """
 
 from __future__ import annotations
@@ -42,6 +68,7 @@ import os
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +77,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import imagehash
 import numpy as np
@@ -74,6 +101,8 @@ from mmembed.config import (
 from mmembed.decode import to_rgb
 from mmembed.embed.job import run_job
 from mmembed.encoders.openclip import (
+    BUNDLED_CONFIG_DIR,
+    LOCAL_DIR_PREFIX,
     OpenClipEncoder,
     autocast_dtype,
     register_bundled_configs,
@@ -85,6 +114,24 @@ from mmembed.shards import shard_name
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TARGET_RATIO = 0.9  # the Beam job should reach at least 90% of the plain loop's throughput on CPU
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("throughput", "durability")
+DURABILITY_EMBED_DIM = 512  # a realistic embedding width (ViT-B-32's), on mmembed-tiny's fast towers
+POLL_SECONDS = 0.05  # how often the durability runs look for the first complete shard
+# Starts the job (argv[1:]) from a small process and prints its pid, then its ru_maxrss (KB). Linux charges the
+# spawning process's peak RSS to a child's ru_maxrss (a vfork'd or forked child's exec records the old address
+# space's peak), so a job spawned straight from this process (torch, Beam, the throughput runs) would report ours.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.dup2(2, 1)
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+print(pid, flush=True)
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, flush=True)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def default_num_workers() -> int:
@@ -116,6 +163,11 @@ class BenchConfig:
     seed: int = 0
     workdir: str | None = None
     json: bool = False
+    sections: tuple[str, ...] = SECTIONS
+    durability_shards: tuple[int, ...] = (8, 80)
+    durability_samples_per_shard: int = 50
+    durability_repeats: int = 3
+    job_root: str = str(REPO_ROOT)  # the source tree whose ``pipelines.embed`` the durability runs start
 
     def encoder(self) -> EncoderConfig:
         return EncoderConfig(
@@ -472,6 +524,237 @@ def print_report(summary: dict[str, Any], check: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Durability: time to the first complete shard and peak memory of the job, few vs many shards
+
+
+@dataclass
+class DurabilityRun:
+    """One embed job process: how soon its first shard was complete, how long it ran, how much memory it held."""
+
+    shards: int
+    samples: int  # embedded, from the job's summary.json
+    seconds: float  # launch to exit
+    first_durable_seconds: float | None  # launch to the first errors/<shard>.parquet; None: none appeared
+    peak_rss_mb: float  # the job process's ru_maxrss: its whole life, interpreter teardown included
+    durable_rss_mb: float | None  # its peak RSS (VmHWM) once every shard was durable; None: no /proc or not seen
+
+    @property
+    def first_fraction(self) -> float | None:
+        return None if self.first_durable_seconds is None else self.first_durable_seconds / self.seconds
+
+
+def write_wide_tiny_model(folder: Path) -> str:
+    """A ``local-dir:`` model with mmembed-tiny's towers and 512-d embeddings (no weights: seeded random init)."""
+    model_cfg = json.loads((BUNDLED_CONFIG_DIR / f"{DEFAULT_MODEL}.json").read_text(encoding="utf-8"))
+    model_cfg["embed_dim"] = DURABILITY_EMBED_DIM
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}), encoding="utf-8")
+    return f"{LOCAL_DIR_PREFIX}{folder}"
+
+
+def job_env(job_root: str) -> dict[str, str]:
+    """This environment, offline, with ``job_root`` first on the path so its ``mmembed`` and ``pipelines`` load."""
+    path = os.pathsep.join(p for p in (job_root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+
+
+def job_code_path(job_root: str) -> str:
+    """Where the job processes import ``pipelines.embed`` from, so a report names the code it measured."""
+    probe = "import pipelines, os; print(os.path.join(os.path.dirname(pipelines.__file__), 'embed.py'))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=job_root, env=job_env(job_root), capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def job_args(config: BenchConfig, urls: list[str], out: Path, model: str) -> list[str]:
+    """Python's arguments for ``python -m pipelines.embed`` on ``urls`` into ``out`` (the job as a user runs it)."""
+    return [
+        *("-m", "pipelines.embed", "--shards", *urls, "--out", str(out), "--model", model),
+        *("--device", resolve_device(config.device), "--batch-size", str(config.batch_size)),
+        *("--seed", str(config.seed)),
+        *config.beam_args,
+    ]
+
+
+def complete_shards(errors_dir: Path) -> int:
+    """Shards whose errors file has its final name (written last, atomically, so the shard is done)."""
+    try:
+        return sum(e.name.endswith(".parquet") and not e.name.startswith(".") for e in os.scandir(errors_dir))
+    except FileNotFoundError:
+        return 0
+
+
+def rss_high_water_mb(pid: int) -> float | None:
+    """A live process's peak RSS so far (VmHWM from /proc), or None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def start_job(config: BenchConfig, args: list[str], log: BinaryIO) -> tuple[subprocess.Popen, int]:
+    """The launcher, started with the job's arguments (output to ``log``), and the job's pid it reports."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, *args],
+        cwd=config.job_root,
+        env=job_env(config.job_root),
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    return launcher, int(launcher.stdout.readline())
+
+
+def run_job_process(config: BenchConfig, urls: list[str], out: Path, model: str) -> DurabilityRun:
+    """The embed job in a fresh process: seconds to its first complete shard and to exit, and its peak RSS
+    both once every shard is durable and over its whole life (the interpreter's teardown adds a noisy spike)."""
+    log = out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    first = durable_rss = None
+    with log.open("wb") as sink:
+        started = time.perf_counter()
+        launcher, job_pid = start_job(config, job_args(config, urls, out, model), sink)
+        while True:
+            exited = launcher.poll() is not None
+            now, done = time.perf_counter(), complete_shards(out / "errors")
+            if first is None and done:
+                first = now - started
+            if exited:
+                break
+            if durable_rss is None and done == len(urls):
+                durable_rss = rss_high_water_mb(job_pid)
+            time.sleep(POLL_SECONDS)
+        peak_kb = int(launcher.stdout.read())  # ru_maxrss is in KB on Linux
+    if launcher.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"embed job on {len(urls)} shards exited {launcher.returncode}; log {log}:\n{tail}")
+    embedded = json.loads((out / "summary.json").read_text(encoding="utf-8"))["embedded"]
+    return DurabilityRun(len(urls), embedded, now - started, first, peak_kb / 1024, durable_rss)
+
+
+def number_or_none(value: float | None, decimals: int) -> str:
+    """``value`` with ``decimals`` decimals, or "none" for a figure a run could not measure."""
+    return "none" if value is None else f"{value:.{decimals}f}"
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """Median of the values that exist (a run without a complete shard before exit has none)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def round_or_none(value: float | None, decimals: int) -> float | None:
+    """``value`` rounded for the JSON summary, or None for a figure a run could not measure."""
+    return None if value is None else round(value, decimals)
+
+
+def difference_or_none(most: float | None, fewest: float | None) -> float | None:
+    """``most - fewest`` rounded to 0.1 MB, or None when either is missing."""
+    return None if most is None or fewest is None else round(most - fewest, 1)
+
+
+def summarize_durability(runs: list[DurabilityRun]) -> list[dict[str, Any]]:
+    """Per shard count, fewest first: the medians of its runs' samples, seconds, first durable shard, peak RSS."""
+    rows = []
+    for shards in sorted({r.shards for r in runs}):
+        mine = [r for r in runs if r.shards == shards]
+        rows.append(
+            {
+                "shards": shards,
+                "samples": statistics.median_low(r.samples for r in mine),
+                "seconds": round(statistics.median(r.seconds for r in mine), 2),
+                "first_durable_seconds": round_or_none(median_or_none([r.first_durable_seconds for r in mine]), 2),
+                "first_fraction": round_or_none(median_or_none([r.first_fraction for r in mine]), 3),
+                "durable_rss_mb": round_or_none(median_or_none([r.durable_rss_mb for r in mine]), 1),
+                "peak_rss_mb": round(statistics.median(r.peak_rss_mb for r in mine), 1),
+                "runs": len(mine),
+            }
+        )
+    return rows
+
+
+def durability_benchmark(config: BenchConfig, workdir: Path) -> dict[str, Any]:
+    """Each shard count's job on the first N of one set of generated shards, so only the shard count varies."""
+    most, per_shard = max(config.durability_shards), config.durability_samples_per_shard
+    print(f"making {most * per_shard} samples ({most} shards of {per_shard}) in {workdir} ...", flush=True)
+    urls = make_demo_shards(workdir, most * per_shard, per_shard, config.seed)
+    model = write_wide_tiny_model(workdir / "model")
+    context = {"job_code": job_code_path(config.job_root), "load_average_start": round(os.getloadavg()[0], 2)}
+    runs: list[DurabilityRun] = []
+    for repeat in range(config.durability_repeats):
+        counts = config.durability_shards if repeat % 2 == 0 else config.durability_shards[::-1]  # alternate order
+        for count in counts:
+            run = run_job_process(config, urls[:count], workdir / "out" / f"{count}-shards-{repeat + 1}", model)
+            print(
+                f"  run {repeat + 1} {count:>4} shards: {run.samples} samples in {run.seconds:6.2f} s, first durable "
+                f"shard at {number_or_none(run.first_durable_seconds, 2):>6} s, "
+                f"peak RSS until all durable {number_or_none(run.durable_rss_mb, 1):>7} MB, whole process "
+                f"{run.peak_rss_mb:7.1f} MB",
+                flush=True,
+            )
+            runs.append(run)
+    context["load_average_end"] = round(os.getloadavg()[0], 2)
+    rows = summarize_durability(runs)
+    return {
+        **context,
+        "model": model,
+        "embed_dim": DURABILITY_EMBED_DIM,
+        "device": resolve_device(config.device),
+        "samples_per_shard": per_shard,
+        "rows": rows,
+        "peak_rss_difference_mb": round(rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"], 1),  # most vs fewest
+        "durable_rss_difference_mb": difference_or_none(rows[-1]["durable_rss_mb"], rows[0]["durable_rss_mb"]),
+        "runs": [{**asdict(r), "first_fraction": r.first_fraction} for r in runs],
+    }
+
+
+def print_durability_report(summary: dict[str, Any], config: BenchConfig) -> None:
+    """The durability table: per shard count, total and first-durable-shard seconds, their fraction, peak RSS."""
+    rows = summary["rows"]
+    counts = " vs ".join(str(r["shards"]) for r in rows)
+    print(f"\n=== durability: time to the first complete shard and peak memory of the embed job, {counts} shards ===")
+    print(
+        f"job: python -m pipelines.embed from {summary['job_code']}, each run a fresh process (RSS is the job's alone)"
+    )
+    print(
+        f"model: mmembed-tiny towers with embed_dim {summary['embed_dim']}, random init (seed {config.seed}); "
+        f"device={summary['device']} batch_size={config.batch_size}; {summary['samples_per_shard']} samples per shard "
+        f"(the first N of the same shards); medians of {config.durability_repeats} run(s) per shard count"
+    )
+    print(
+        f"machine load (1-min load average) at start {summary['load_average_start']}, "
+        f"at end {summary['load_average_end']}, on {os.cpu_count()} cpus"
+    )
+    print(
+        "first durable: seconds from launch until a shard's errors/<shard>.parquet has its final name (written after"
+        "\n  its embeddings file, so the shard is complete); fraction = first durable / total.\n"
+        "  peak RSS MB, all durable: the job's peak RSS (VmHWM) when every shard was durable, i.e. while it read,\n"
+        "  embedded and wrote; whole process: its ru_maxrss, which adds the summary and the interpreter's teardown\n"
+        "  (a spike of tens of MB in its last second, after the job's work is done)."
+    )
+    print(
+        f"\n{'shards':>6} {'samples':>8} {'total s':>8} {'first durable s':>16} {'fraction':>9} "
+        f"{'peak RSS MB, all durable':>25} {'whole process':>14}"
+    )
+    for r in rows:
+        first, fraction = number_or_none(r["first_durable_seconds"], 2), number_or_none(r["first_fraction"], 3)
+        print(
+            f"{r['shards']:>6} {r['samples']:>8} {r['seconds']:>8.2f} {first:>16} {fraction:>9} "
+            f"{number_or_none(r['durable_rss_mb'], 1):>25} {r['peak_rss_mb']:>14.1f}"
+        )
+    if len(rows) > 1:
+        fewest, most = rows[0], rows[-1]
+        durable = summary["durable_rss_difference_mb"]
+        print(
+            f"peak RSS, {most['shards']} vs {fewest['shards']} shards ({most['samples'] - fewest['samples']} more "
+            f"samples): all durable {'none' if durable is None else f'{durable:+.1f}'} MB, "
+            f"whole process {summary['peak_rss_difference_mb']:+.1f} MB"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -498,9 +781,22 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--seed", type=int, default=0, help="seeds shard generation and random-init weights")
     parser.add_argument("--workdir", help="keep shards and outputs here (default: a temp dir, removed at the end)")
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON object")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
+    parser.add_argument(
+        "--durability-shards", nargs="+", type=int, default=[8, 80], help="shard counts the durability runs compare"
+    )
+    parser.add_argument("--durability-samples-per-shard", type=int, default=50)
+    parser.add_argument("--durability-repeats", type=int, default=3, help="job runs per shard count; medians")
+    parser.add_argument(
+        "--job-root",
+        default=str(REPO_ROOT),
+        help="source tree whose pipelines.embed the durability runs start (default: this checkout)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.samples < 1 or args.num_workers < 0:
         parser.error("--repeats and --samples must be >= 1, --warmup and --num-workers >= 0")
+    if min(args.durability_shards) < 1 or args.durability_samples_per_shard < 1 or args.durability_repeats < 1:
+        parser.error("--durability-shards, --durability-samples-per-shard and --durability-repeats must be >= 1")
     return BenchConfig(
         model=args.model,
         pretrained=args.pretrained,
@@ -519,6 +815,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         seed=args.seed,
         workdir=args.workdir,
         json=args.json,
+        sections=tuple(args.sections),
+        durability_shards=tuple(args.durability_shards),
+        durability_samples_per_shard=args.durability_samples_per_shard,
+        durability_repeats=args.durability_repeats,
+        job_root=str(Path(args.job_root).resolve()),
     )
 
 
@@ -580,12 +881,19 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mmembed-bench-") as tmp:
         workdir = Path(config.workdir or tmp)
-        summary, check = benchmark(config, workdir)
-    print_report(summary, check)
+        if "throughput" in config.sections:
+            summary, check = benchmark(config, workdir)
+            print_report(summary, check)
+            result.update(summary, output_check=check)
+        if "durability" in config.sections:
+            durability = durability_benchmark(config, workdir / "durability")
+            print_durability_report(durability, config)
+            result["durability"] = durability
     if config.json:
-        print(json.dumps({**summary, "output_check": check}, indent=2))
+        print(json.dumps(result, indent=2))
     return 0
 
 

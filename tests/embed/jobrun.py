@@ -18,14 +18,25 @@ from PIL import Image
 from tests.tarmaker import image_bytes, write_tar
 
 REPO = Path(__file__).resolve().parents[2]
-# The child: optional extra open_clip configs (a folder of JSON files, or "-"), then `mmembed embed` arguments.
-CHILD = """
-import sys
-import open_clip
-from mmembed.cli import main
-if sys.argv[1] != "-":
-    open_clip.add_model_config(sys.argv[1])
-sys.exit(main(["embed", *sys.argv[2:]]))
+# A small launcher forks the job and reaps it for its own peak RSS: a child started straight from pytest would
+# be charged pytest's peak (Linux records the old address space's high-water mark at exec), which could hide a
+# job whose memory grew. Arguments: report file, extra open_clip configs (a folder of JSON files, or "-"), then
+# `mmembed embed` arguments. The report file gets the job's pid, then its wait status and ru_maxrss (KB).
+LAUNCHER = """
+import os, sys
+report, configs, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    import open_clip
+    from mmembed.cli import main
+    if configs != "-":
+        open_clip.add_model_config(configs)
+    raise SystemExit(main(["embed", *args]))
+with open(report + ".pid", "w") as f:
+    f.write(str(pid))
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(f"{status} {usage.ru_maxrss}")
 """
 
 
@@ -70,28 +81,39 @@ def run_child(
 ) -> ChildRun:
     """Run ``mmembed embed ARGS`` in a child; poll ``out`` every 20 ms; SIGKILL it once ``kill_when(complete)``."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-c", CHILD, str(configs) if configs else "-", *args]
+    report = log_path.with_suffix(".report")
+    command = [sys.executable, "-c", LAUNCHER, str(report), str(configs) if configs else "-", *args]
     completed: dict[str, float] = {}
     with open(log_path, "wb") as sink:
         started = time.monotonic()
-        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=sink)
+        launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=sink)
         try:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # reaped here, for its rusage: never by poll()
-            while pid == 0 and time.monotonic() - started < timeout:
+            while launcher.poll() is None and time.monotonic() - started < timeout:
                 now = time.monotonic() - started
                 for shard in complete_shards(out) - completed.keys():
                     completed[shard] = now
                 if kill_when is not None and kill_when(set(completed)):
-                    os.kill(child.pid, signal.SIGKILL)
+                    os.kill(_job_pid(report), signal.SIGKILL)
                     break
                 time.sleep(0.02)
-                pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            launcher.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
         finally:
-            if pid == 0:
-                os.kill(child.pid, signal.SIGKILL)  # killed on cue, timed out or the test failed: never left running
-                _, status, usage = os.wait4(child.pid, 0)
-            child.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            if launcher.poll() is None:  # timed out or the test failed: never leave the job running
+                os.kill(_job_pid(report), signal.SIGKILL)
+                launcher.wait()
         seconds = time.monotonic() - started
     for shard in complete_shards(out) - completed.keys():
         completed[shard] = seconds
-    return ChildRun(child.returncode, seconds, completed, usage.ru_maxrss / 1024, log_path.read_text(errors="replace"))
+    status, maxrss_kb = (int(v) for v in report.read_text().split())
+    returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return ChildRun(returncode, seconds, completed, maxrss_kb / 1024, log_path.read_text(errors="replace"))
+
+
+def _job_pid(report: Path) -> int:
+    """The job's pid, as the launcher wrote it."""
+    path = report.with_name(report.name + ".pid")
+    for _ in range(500):
+        if path.exists() and path.read_text():
+            return int(path.read_text())
+        time.sleep(0.01)
+    raise RuntimeError(f"the launcher wrote no job pid to {path}")
