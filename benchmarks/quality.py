@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         str(work / "shards-train"),
         "--samples-per-shard",
         "1000",
+        "--overwrite",  # a reused --workdir: replace the shards of the last run
     )
     cli(
         "make-shards",
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         str(work / "shards-test"),
         "--samples-per-shard",
         "1000",
+        "--overwrite",  # a reused --workdir: replace the shards of the last run
     )
     threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
     train_out, train_s = cli(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,25 +20,59 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from webdataset import ShardWriter
 
+from mmembed.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
+_NUMBER_FIELD = re.compile(r"%0?\d*d")  # the shard-number field of a pattern such as %05d.tar
+
+
 @dataclass(frozen=True)
 class ShardSpec:
-    """Where and how to write shards."""
+    """Where and how to write shards: ``<out>/<prefix>-<pattern % n>``.
+
+    The prefix names the source (make-shards defaults it to the input folder's or manifest's name), so
+    shards of two sources can share a folder without one overwriting the other; shards already there
+    under the same names are refused unless ``overwrite``.
+    """
 
     out: str
     samples_per_shard: int = 1000
     pattern: str = "%05d.tar"
     key_digits: int = 9
+    prefix: str = ""
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 1:
             raise ValueError("samples per shard must be >= 1")
-        if "%" not in self.pattern:
+        if not _NUMBER_FIELD.search(self.pattern):
             raise ValueError(f"shard pattern {self.pattern!r} needs a %d-style field for the shard number")
+        if "/" in self.prefix:
+            raise ValueError(f"shard prefix {self.prefix!r} must not contain '/'")
+
+    @property
+    def file_pattern(self) -> str:
+        """The shard file name pattern with the prefix, e.g. ``photos-%05d.tar``."""
+        return f"{self.prefix}-{self.pattern}" if self.prefix else self.pattern
+
+    def existing(self) -> list[Path]:
+        """Files in ``out`` named as this spec names shards (``photos-00012.tar``; not ``photos-b-00000.tar``)."""
+        field = _NUMBER_FIELD.search(self.file_pattern)
+        head, tail = self.file_pattern[: field.start()], self.file_pattern[field.end() :]
+        name = re.compile(re.escape(head.replace("%%", "%")) + r"\d+" + re.escape(tail.replace("%%", "%")))
+        folder = Path(self.out)
+        return sorted(p for p in folder.iterdir() if p.is_file() and name.fullmatch(p.name)) if folder.is_dir() else []
+
+
+def source_prefix(source: Path | str) -> str:
+    """A shard prefix from a source's name (a folder, a manifest file, a data set): safe in file names."""
+    path = Path(source).resolve()  # "photos/" and "." name their folder too
+    name = path.stem if path.suffix.lower() in (".csv", ".parquet", ".pq") else path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "shards"
 
 
 @dataclass
@@ -115,12 +150,24 @@ def _checked_key(value: Any, seen: set[str], manifest: Path, row: int) -> str:
 
 
 def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, Any]:
-    """Write samples into numbered tar shards; returns counts and the shard paths written."""
+    """Write samples into numbered tar shards; returns counts and the shard paths written.
+
+    Shards already in ``spec.out`` under the names this would write are refused (nothing is written), or
+    with ``spec.overwrite`` removed first, so no stale shard of an earlier run stays beside the new ones.
+    """
     out = Path(spec.out)
+    existing = spec.existing()
+    if existing and not spec.overwrite:
+        raise ConfigError(
+            f"{existing[0]} already exists ({len(existing)} shard(s) named {spec.file_pattern} in {out}); "
+            "nothing was written. Fix: pass --overwrite to replace them, or another --prefix or --out"
+        )
+    for path in existing:
+        path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     written, no_caption, missing = 0, 0, []
     with ShardWriter(
-        str(out / spec.pattern), maxcount=spec.samples_per_shard, verbose=0, encoder=False, mtime=0
+        str(out / spec.file_pattern), maxcount=spec.samples_per_shard, verbose=0, encoder=False, mtime=0
     ) as sink:
         for sample in samples:
             if sample.image_bytes is None and not sample.image_path.is_file():
@@ -143,7 +190,7 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
         log.warning("%d image files not found, not written (first: %s)", len(missing), missing[0])
     if no_caption:
         log.warning("%d samples have no caption; `mmembed embed` will record them as errors", no_caption)
-    paths = [str(out / (spec.pattern % i)) for i in range(shards)] if written else []
+    paths = [str(out / (spec.file_pattern % i)) for i in range(shards)] if written else []
     return {"samples": written, "shards": paths, "no_caption": no_caption, "missing_images": missing}
 
 

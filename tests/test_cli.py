@@ -25,18 +25,18 @@ def test_make_shards_then_embed_on_the_default_runner(tmp_path: Path, capsys: py
             "--image-root", str(photos), "--out", str(tmp_path / "b"), "--samples-per-shard", "1000",
         ]
     )  # fmt: skip
-    assert code == 0 and json.loads(capsys.readouterr().out)["shards"] == [str(tmp_path / "b" / "00000.tar")]
+    assert code == 0 and json.loads(capsys.readouterr().out)["shards"] == [str(tmp_path / "b" / "captions-00000.tar")]
 
     out = tmp_path / "emb"
     assert main(["embed", "--shards", str(tmp_path / "a" / "*.tar"), "--out", str(out), "--batch-size", "2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples_in"] == summary["embedded"] == 3 and summary["errors"] == 0
-    assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["00000.parquet", "00001.parquet"]
-    assert pq.read_metadata(out / "embeddings" / "00000.parquet").num_rows == 2
+    assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["photos-00000.parquet", "photos-00001.parquet"]
+    assert pq.read_metadata(out / "embeddings" / "photos-00000.parquet").num_rows == 2
     assert json.loads((out / "summary.json").read_text())["embedded"] == 3
 
     # brace patterns work, and a re-run skips both complete shards
-    assert main(["embed", "--shards", str(tmp_path / "a" / "{00000..00001}.tar"), "--out", str(out)]) == 0
+    assert main(["embed", "--shards", str(tmp_path / "a" / "photos-{00000..00001}.tar"), "--out", str(out)]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["shards_skipped"] == 2 and again["embedded"] == 3
 
@@ -88,3 +88,30 @@ def test_make_shards_exits_3_when_inputs_were_skipped_and_2_when_nothing_was_wri
     assert "no sample could be written" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["make-shards", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == 2
+
+
+def test_make_shards_names_shards_after_their_source_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = photo_folder(tmp_path / "trip", ("astronaut", "coffee"))
+    second = photo_folder(tmp_path / "garden", ("chelsea", "rocket"))
+    out = tmp_path / "shards"
+    for folder in (first, second):  # two folders into one --out: both kept
+        assert main(["make-shards", "--images", str(folder), "--out", str(out), "--samples-per-shard", "1"]) == 0
+    capsys.readouterr()
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["garden-00000.tar", "garden-00001.tar", "trip-00000.tar", "trip-00001.tar"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    assert main(["make-shards", "--images", str(first), "--out", str(out)]) == 2  # the same source again
+    err = capsys.readouterr().err
+    assert f"{out / 'trip-00000.tar'} already exists" in err and "--overwrite" in err and "nothing was written" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    (first / "astronaut.jpg").unlink()  # fewer samples now: --overwrite leaves no stale shard of the first run
+    assert main(["make-shards", "--images", str(first), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["garden-00000.tar", "garden-00001.tar", "trip-00000.tar"]
+    assert all((out / n).read_bytes() == before[n] for n in ("garden-00000.tar", "garden-00001.tar"))
+
+    assert main(["make-shards", "--images", str(second), "--out", str(out), "--prefix", "garden-b"]) == 0
+    assert (out / "garden-b-00000.tar").is_file()  # a prefix that extends another is not the other's shards

@@ -30,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     shards.add_argument("--key-column", help="manifest column holding unique sample keys (default: row numbers)")
     shards.add_argument("--out", required=True)
     shards.add_argument("--samples-per-shard", type=int, default=1000)
-    shards.add_argument("--pattern", default="%05d.tar", help="shard file name pattern")
+    shards.add_argument("--pattern", default="%05d.tar", help="shard file name pattern, after the prefix")
+    shards.add_argument(
+        "--prefix",
+        help="shard name prefix (default: the input folder's or manifest's name, or DATASET-SPLIT), so shards of "
+        "several sources can share --out; '' for none",
+    )
+    shards.add_argument("--overwrite", action="store_true", help="replace shards of the same names in --out")
     shards.set_defaults(handler=make_shards)
 
     embed_parser = sub.add_parser(
@@ -41,9 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def make_shards(args: argparse.Namespace, extra: list[str]) -> int:
-    from mmembed.makeshards import ShardSpec, samples_from_folder, samples_from_manifest, write_shards
+    from mmembed.makeshards import ShardSpec, samples_from_folder, samples_from_manifest, source_prefix, write_shards
 
-    spec = ShardSpec(out=args.out, samples_per_shard=args.samples_per_shard, pattern=args.pattern)
+    source = f"{args.dataset}-{args.split}" if args.dataset else (args.manifest or args.images)
+    spec = ShardSpec(
+        out=args.out,
+        samples_per_shard=args.samples_per_shard,
+        pattern=args.pattern,
+        prefix=source_prefix(source) if args.prefix is None else args.prefix,
+        overwrite=args.overwrite,
+    )
     if args.dataset:
         from mmembed.labelled import labelled_samples, load
 
