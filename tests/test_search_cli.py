@@ -131,3 +131,28 @@ def test_append_adds_new_shards_without_rebuilding(
     assert appended["count"] == 38 and first["count"] == 38 - 8
     again = run_json(capsys, "index", "--embeddings", str(partial), "--out", str(index_dir), "--append")
     assert again["appended_rows"] == 0
+
+
+def test_an_index_built_from_a_relative_path_works_from_anywhere_and_names_a_moved_file(
+    demo_shards: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import TINY
+
+    embed(demo_shards[:2], tmp_path / "emb", TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "--embeddings", "emb", "--out", "index"]) == 0
+    recorded = json.loads((tmp_path / "index" / "infos.json").read_text())["sources"]["files"]
+    assert all(Path(f["path"]).is_absolute() for f in recorded)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run_json(capsys, "eval-index", "--index", "../index", "--queries", "5", "--json")
+    assert result["image_to_image"]["recall@10"] == 1.0
+
+    (tmp_path / "emb").rename(tmp_path / "emb-moved")
+    capsys.readouterr()
+    assert main(["eval-index", "--index", "../index", "--queries", "5", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "embeddings file missing (moved or deleted" in err and recorded[0]["path"] in err
+    assert "truncated" not in err

@@ -48,8 +48,9 @@ class VectorBatch:
 
 
 def list_embedding_files(embed_dir: str) -> list[str]:
-    """The ``embeddings/*.parquet`` files of an embed output dir (local path), sorted by name."""
-    folder = Path(embed_dir) / EMBEDDINGS_DIR
+    """The ``embeddings/*.parquet`` files of an embed output dir (local path), sorted by name, as absolute
+    paths: an index records them, and every command must find them from any working directory."""
+    folder = Path(embed_dir).resolve() / EMBEDDINGS_DIR
     files = sorted(str(p) for p in folder.glob("*.parquet"))
     if not files:
         raise ConfigError(f"no {EMBEDDINGS_DIR}/*.parquet under {embed_dir!r}; run the embed job first")
@@ -164,6 +165,12 @@ def _to_numpy(array: pa.Array, dim: int) -> np.ndarray:
 
 
 def read_error(path: str, exc: Exception) -> EmbeddingsReadError:
+    """The error for an embeddings file that cannot be read: missing (moved or deleted), or damaged."""
+    if isinstance(exc, FileNotFoundError) or not Path(path).exists():
+        return EmbeddingsReadError(
+            f"{path}: embeddings file missing (moved or deleted since it was listed); fix: put it back, or "
+            "rebuild the index from where the embeddings are now (mmembed index --embeddings DIR --overwrite)"
+        )
     return EmbeddingsReadError(
         f"{path}: not a readable Parquet embeddings file ({exc}); it may be truncated by an interrupted job: "
         "re-run the embed job for that shard with --overwrite, or delete the file"
