@@ -1,8 +1,8 @@
 """The FastAPI app: routes, error mapping and the static search page. The work is in ``service.py``.
 
 POST /search            a text query (JSON) or an uploaded image (multipart field ``image``) -> ranked hits
-GET  /items/{key}       one sample's metadata
-GET  /thumbnails/{key}  its image, read from the shard by offset, resized (``?size=large`` for the detail view)
+GET  /items/{shard}/{key}       one sample's metadata (a sample is its shard and key: keys may repeat across shards)
+GET  /thumbnails/{shard}/{key}  its image, read from the shard by offset, resized (``?size=large`` for the detail view)
 GET  /healthz, /metrics (Prometheus text), /openapi.json (+ /docs), / (the page), /static/*
 """
 
@@ -88,19 +88,19 @@ def create_app(config: ServeConfig) -> FastAPI:
         query = _parse_text_query(await request.body())
         return await service.search_text(query.query, query.k, query.target)
 
-    @app.get("/items/{key:path}", response_model=Item, responses=ERROR_RESPONSES)
-    def item(key: str) -> Item:
+    @app.get("/items/{shard}/{key:path}", response_model=Item, responses=ERROR_RESPONSES)
+    def item(shard: str, key: str) -> Item:
         """Metadata of one indexed sample."""
-        return service.item(key)
+        return service.item(shard, key)
 
     @app.get(
-        "/thumbnails/{key:path}",
+        "/thumbnails/{shard}/{key:path}",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}, **ERROR_RESPONSES},
     )
-    def thumbnail(key: str, size: str = "small") -> Response:
+    def thumbnail(shard: str, key: str, size: str = "small") -> Response:
         """The sample's image from its shard (one seek), resized: ``size=small`` (grid) or ``large`` (detail)."""
-        data = service.thumbnail(key, size)
+        data = service.thumbnail(shard, key, size)
         headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
         return Response(data, media_type="image/jpeg", headers=headers)
 

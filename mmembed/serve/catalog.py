@@ -1,10 +1,11 @@
-"""Per-sample facts for the server: key -> row id, and the metadata columns the ids table does not carry.
+"""Per-sample facts for the server: (shard, key) -> row id, and the metadata columns the ids table lacks.
 
-Keys are looked up by binary search over the key column sorted once at start (Arrow memory, no Python dict
-of millions of strings). Metadata, width, height and sha256 come from the embed job's Parquet files listed in
-infos.json, read one file (= one shard) at a time and kept in a small LRU; row ids map to files by the row
-counts recorded there. If those files moved, they are looked for in ``<index>/../embeddings/``; if absent,
-items are still served from ids.parquet, without those columns.
+A sample is (shard, key): two shards may hold the same key. Samples are looked up by binary search over the
+(shard, key) columns sorted once at start (Arrow memory, no Python dict of millions of strings). Metadata,
+width, height and sha256 come from the embed job's Parquet files listed in infos.json, read one file (= one
+shard) at a time and kept in a small LRU; row ids map to files by the row counts recorded there. If those
+files moved, they are looked for in ``<index>/../embeddings/``; if absent, items are still served from
+ids.parquet, without those columns.
 """
 
 from __future__ import annotations
@@ -31,35 +32,30 @@ log = logging.getLogger(__name__)
 EXTRA_COLUMNS = ("key", "metadata", "width", "height", "sha256")
 
 
-class _SortedKeys:
-    """A read-only sequence view of an Arrow string array, for ``bisect``."""
+class _SortedSamples:
+    """A read-only sequence view of sorted (shard, key) Arrow columns, for ``bisect``."""
 
-    def __init__(self, keys: pa.Array) -> None:
+    def __init__(self, shards: pa.Array, keys: pa.Array) -> None:
+        self.shards = shards
         self.keys = keys
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, i: int) -> str:
-        return self.keys[i].as_py()
+    def __getitem__(self, i: int) -> tuple[str, str]:
+        return self.shards[i].as_py(), self.keys[i].as_py()
 
 
 class Catalog:
-    """Look up samples by key or row id in one opened index."""
+    """Look up samples by (shard, key) or row id in one opened index."""
 
     def __init__(self, index: IndexSet, opener: Callable[[str], IO[bytes]], cached_files: int = 64) -> None:
         self.index = index
         self.opener = opener
-        keys = pq.read_table(index.index_dir / IDS_FILE, columns=["key"]).column("key").combine_chunks()
-        self._order = pc.sort_indices(keys).to_numpy()
-        self._sorted = _SortedKeys(keys.take(pa.array(self._order)))
-        self.duplicate_keys = _count_adjacent_equal(self._sorted.keys)
-        if self.duplicate_keys:
-            log.warning(
-                "%d keys repeat in the index (different shards with the same keys); /items and /thumbnails "
-                "answer with the first row of each",
-                self.duplicate_keys,
-            )
+        ids = pq.read_table(index.index_dir / IDS_FILE, columns=["shard", "key"]).combine_chunks()
+        self._order = pc.sort_indices(ids, sort_keys=[("shard", "ascending"), ("key", "ascending")]).to_numpy()
+        ordered = ids.take(pa.array(self._order))
+        self._sorted = _SortedSamples(ordered.column("shard").chunk(0), ordered.column("key").chunk(0))
         sources = index.infos.get("sources", {}).get("files", [])
         self._files = [self._locate(s["path"]) for s in sources]
         self._starts = np.cumsum([0] + [int(s["rows"]) for s in sources])
@@ -72,10 +68,10 @@ class Catalog:
     def count(self) -> int:
         return len(self._sorted)
 
-    def row_id(self, key: str) -> int | None:
-        """The row id of ``key``, or None when the index has no such key."""
-        i = bisect.bisect_left(self._sorted, key)
-        if i < len(self._sorted) and self._sorted[i] == key:
+    def row_id(self, shard: str, key: str) -> int | None:
+        """The row id of sample (``shard``, ``key``), or None when the index has no such sample."""
+        i = bisect.bisect_left(self._sorted, (shard, key))
+        if i < len(self._sorted) and self._sorted[i] == (shard, key):
             return int(self._order[i])
         return None
 
@@ -137,12 +133,6 @@ class Catalog:
                 return str(candidate)
         log.warning("embeddings file %s not found; its samples are served without metadata", path)
         return None
-
-
-def _count_adjacent_equal(keys: pa.Array) -> int:
-    if len(keys) < 2:
-        return 0
-    return pc.sum(pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py() or 0
 
 
 def _parse_json(text: str | None) -> Any:

@@ -1,8 +1,8 @@
 """Prometheus metrics of one app (its own registry, so several apps in one process never collide).
 
 ``mmembed_http_requests_total`` and ``mmembed_http_request_duration_seconds`` are labelled by the route
-template (``/items/{key}``), never the raw path, so label cardinality stays bounded; unmatched paths count as
-``<unmatched>``.
+template (``/items/{shard}/{key:path}``), never the raw path, so label cardinality stays bounded; unmatched
+paths count as ``<unmatched>``.
 """
 
 from __future__ import annotations

@@ -204,35 +204,36 @@ class SearchService:
             metadata=extra["metadata"],
             width=extra["width"],
             height=extra["height"],
-            item=f"/items/{quote(hit.key)}",
+            item=sample_path("items", hit.shard, hit.key),
             thumbnail=self._thumbnail_link(hit.shard, hit.key),
         )
 
     def _thumbnail_link(self, shard: str, key: str, size: str = "small") -> str | None:
         if not self.thumbnails.has_shard(shard):
             return None
-        return f"/thumbnails/{quote(key)}" + ("?size=large" if size == "large" else "")
+        return sample_path("thumbnails", shard, key) + ("?size=large" if size == "large" else "")
 
     # --- items and thumbnails -----------------------------------------------------------------------------
 
-    def _row(self, key: str) -> dict[str, Any]:
-        row_id = self.catalog.row_id(key) if len(key) <= MAX_KEY_CHARS else None
+    def _row(self, shard: str, key: str) -> dict[str, Any]:
+        known = len(key) <= MAX_KEY_CHARS and len(shard) <= MAX_KEY_CHARS
+        row_id = self.catalog.row_id(shard, key) if known else None
         if row_id is None:
-            raise RequestError(404, f"no sample with key {key[:200]!r} in this index")
+            raise RequestError(404, f"no sample with key {key[:200]!r} in shard {shard[:200]!r} in this index")
         return self.catalog.rows([row_id])[0]
 
-    def item(self, key: str) -> Item:
-        row = self._row(key)
+    def item(self, shard: str, key: str) -> Item:
+        row = self._row(shard, key)
         return Item(
             **row,
             thumbnail=self._thumbnail_link(row["shard"], row["key"]),
             image=self._thumbnail_link(row["shard"], row["key"], "large"),
         )
 
-    def thumbnail(self, key: str, size: str) -> bytes:
+    def thumbnail(self, shard: str, key: str, size: str) -> bytes:
         if size not in ("small", "large"):
             raise RequestError(422, f"size must be 'small' or 'large', got {size[:50]!r}")
-        row = self._row(key)
+        row = self._row(shard, key)
         pixels = self.config.thumbnail_size if size == "small" else self.config.detail_size
         try:
             data, cached = self.thumbnails.get(row["shard"], row["offset"], row["key"], pixels)
@@ -251,6 +252,12 @@ class SearchService:
             "index_key": infos["index_key"],
             "shards_known": len(self.thumbnails.shard_urls),
         }
+
+
+def sample_path(route: str, shard: str, key: str) -> str:
+    """The URL path of a sample under ``route`` (items, thumbnails): a sample is (shard, key), keys may repeat
+    across shards. Shard names hold no '/'; keys may, and the route takes the rest of the path as the key."""
+    return f"/{route}/{quote(shard, safe='')}/{quote(key)}"
 
 
 def shard_map(patterns: tuple[str, ...]) -> dict[str, str]:

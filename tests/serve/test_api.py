@@ -36,7 +36,8 @@ def test_text_search_returns_keys_scores_captions_metadata_and_links(client: htt
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     for hit in hits:
         assert hit["caption"] and hit["metadata"]["source"].startswith("skimage.data.")
-        assert hit["item"] == f"/items/{hit['key']}" and hit["thumbnail"] == f"/thumbnails/{hit['key']}"
+        assert hit["item"] == f"/items/{hit['shard']}/{hit['key']}"
+        assert hit["thumbnail"] == f"/thumbnails/{hit['shard']}/{hit['key']}"
         assert hit["width"] > 0 and hit["height"] > 0
 
 
@@ -67,12 +68,12 @@ def test_image_to_caption_search(client: httpx.Client, demo_photos: Path) -> Non
 
 def test_item_has_the_embed_jobs_metadata(client: httpx.Client, served_index: Path) -> None:
     emb = pq.read_table(served_index.parent / "embeddings" / "00001.parquet").to_pylist()[3]
-    item = client.get(f"/items/{emb['key']}").json()
+    item = client.get(f"/items/00001/{emb['key']}").json()
     assert item["key"] == emb["key"] and item["shard"] == "00001" and item["offset"] == emb["offset"]
     assert item["caption"] == emb["caption"] and item["sha256"] == emb["sha256"]
     assert item["metadata"] == json.loads(emb["metadata"])
     assert (item["width"], item["height"]) == (emb["width"], emb["height"])
-    assert item["image"] == f"/thumbnails/{emb['key']}?size=large"
+    assert item["image"] == f"/thumbnails/00001/{emb['key']}?size=large"
 
 
 def _difference(a: Image.Image, b: Image.Image) -> float:
@@ -101,16 +102,18 @@ def test_thumbnail_is_the_samples_image_resized_and_cached(
 
 
 def test_unknown_or_hostile_keys_are_404_without_touching_files(client: httpx.Client) -> None:
-    for path in ("/items/nope", "/thumbnails/nope", "/items/..%2F..%2Fetc%2Fpasswd", "/thumbnails/%2Fetc%2Fpasswd"):
+    paths = ("/items/00000/nope", "/thumbnails/00000/nope", "/items/..%2F..%2Fetc/passwd", "/thumbnails/x/%2Fetc")
+    for path in paths:
         response = client.get(path)
         assert response.status_code == 404, path
         assert "no sample with key" in response.json()["detail"]
-    assert client.get("/thumbnails/" + "x" * 5000).status_code == 404
+    assert client.get("/thumbnails/00000/" + "x" * 5000).status_code == 404
+    assert client.get("/items/nope", follow_redirects=True).status_code == 404  # a key alone names no sample
 
 
 def test_thumbnail_size_is_checked(client: httpx.Client) -> None:
-    key = search(client, "coffee", k=1)["results"][0]["key"]
-    response = client.get(f"/thumbnails/{key}", params={"size": "huge"})
+    hit = search(client, "coffee", k=1)["results"][0]
+    response = client.get(f"/thumbnails/{hit['shard']}/{hit['key']}", params={"size": "huge"})
     assert response.status_code == 422 and "small" in response.json()["detail"]
 
 
@@ -151,11 +154,11 @@ def _metric(client: httpx.Client, family: str, **labels: str) -> float:
 
 def test_metrics_in_prometheus_text_format(client: httpx.Client) -> None:
     search(client, "a boat", k=3)
-    client.get("/items/definitely-missing")
+    client.get("/items/00000/definitely-missing")
     response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     assert _metric(client, "mmembed_http_requests_total", route="/search", status="200", method="POST") >= 1
-    assert _metric(client, "mmembed_http_requests_total", route="/items/{key:path}", status="404") >= 1
+    assert _metric(client, "mmembed_http_requests_total", route="/items/{shard}/{key:path}", status="404") >= 1
     assert _metric(client, "mmembed_http_request_duration_seconds_count", route="/search") >= 1
     assert _metric(client, "mmembed_http_request_duration_seconds_bucket", route="/search", le="+Inf") >= 1
     assert _metric(client, "mmembed_query_encode_seconds_count", query="text") >= 1
@@ -172,7 +175,8 @@ def test_unmatched_paths_share_one_metrics_label(client: httpx.Client) -> None:
 
 def test_openapi_spec_documents_both_query_kinds(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
-    assert {"/search", "/items/{key}", "/thumbnails/{key}", "/healthz", "/metrics"} <= set(spec["paths"])
+    routes = {"/search", "/items/{shard}/{key}", "/thumbnails/{shard}/{key}", "/healthz", "/metrics"}
+    assert routes <= set(spec["paths"])
     content = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} == set(content)
     assert "image" in content["multipart/form-data"]["schema"]["properties"]

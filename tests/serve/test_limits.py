@@ -132,7 +132,7 @@ def test_malformed_multipart_is_a_400(client: httpx.Client) -> None:
 
 def test_wrong_methods_and_paths_are_4xx(client: httpx.Client) -> None:
     assert client.get("/search").status_code == 405
-    assert client.delete("/items/000000001").status_code == 405
+    assert client.delete("/items/00000/000000001").status_code == 405
     assert client.get("/nothing-here").status_code == 404
 
 
@@ -150,9 +150,9 @@ def test_without_shards_thumbnails_say_how_to_get_them(serve_config: ServeConfig
     with other_server(serve_config, shards=()) as client:
         hit = client.post("/search", json={"query": "a cat", "k": 1}).json()["results"][0]
         assert hit["thumbnail"] is None
-        response = client.get(f"/thumbnails/{hit['key']}")
+        response = client.get(f"/thumbnails/{hit['shard']}/{hit['key']}")
         assert response.status_code == 404 and "--shards" in response.json()["detail"]
-        assert client.get(f"/items/{hit['key']}").json()["metadata"]["source"]  # items still work
+        assert client.get(f"/items/{hit['shard']}/{hit['key']}").json()["metadata"]["source"]  # items still work
 
 
 def test_gzip_shards_get_a_clear_404(serve_config: ServeConfig, demo_shards: list[str], tmp_path: Path) -> None:
