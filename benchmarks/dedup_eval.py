@@ -370,7 +370,8 @@ def features(items: list[Item], encoder_args: dict[str, Any]) -> Features:
     from mmembed.dedup.perceptual import phash_codes
     from mmembed.encoders.openclip import OpenClipEncoder, provenance
 
-    config = EncoderConfig(**encoder_args)
+    weighted = any(encoder_args.get(k) for k in ("checkpoint", "pretrained"))
+    config = EncoderConfig(**encoder_args, random_init=not weighted)
     encoder = OpenClipEncoder.load(config)
     max_pixels = DecodeConfig().max_image_pixels
     sha, phash, pixels, width, height = [], [], [], [], []

@@ -90,7 +90,6 @@ from PIL import Image, ImageOps
 
 from mmembed.beam.filesystem import list_shards
 from mmembed.config import (
-    DEFAULT_MODEL,
     DEVICES,
     PRECISIONS,
     DecodeConfig,
@@ -116,6 +115,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TARGET_RATIO = 0.9  # the Beam job should reach at least 90% of the plain loop's throughput on CPU
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("throughput", "durability")
+BENCH_MODEL = "mmembed-tiny"  # bundled; random weights unless --pretrained or --checkpoint
 DURABILITY_EMBED_DIM = 512  # a realistic embedding width (ViT-B-32's), on mmembed-tiny's fast towers
 POLL_SECONDS = 0.05  # how often the durability runs look for the first complete shard
 # Starts the job (argv[1:]) from a small process and prints its pid, then its ru_maxrss (KB). Linux charges the
@@ -146,7 +146,7 @@ def default_num_workers() -> int:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    model: str = DEFAULT_MODEL
+    model: str = BENCH_MODEL
     pretrained: str | None = None
     checkpoint: str | None = None
     device: str = "auto"
@@ -178,6 +178,7 @@ class BenchConfig:
             precision=self.precision,
             batch_size=self.batch_size,
             seed=self.seed,
+            random_init=not (self.pretrained or self.checkpoint or self.model.startswith(LOCAL_DIR_PREFIX)),
         )
 
 
@@ -545,7 +546,7 @@ class DurabilityRun:
 
 def write_wide_tiny_model(folder: Path) -> str:
     """A ``local-dir:`` model with mmembed-tiny's towers and 512-d embeddings (no weights: seeded random init)."""
-    model_cfg = json.loads((BUNDLED_CONFIG_DIR / f"{DEFAULT_MODEL}.json").read_text(encoding="utf-8"))
+    model_cfg = json.loads((BUNDLED_CONFIG_DIR / f"{BENCH_MODEL}.json").read_text(encoding="utf-8"))
     model_cfg["embed_dim"] = DURABILITY_EMBED_DIM
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}), encoding="utf-8")
@@ -760,7 +761,7 @@ def print_durability_report(summary: dict[str, Any], config: BenchConfig) -> Non
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model name (default: bundled mmembed-tiny)")
+    parser.add_argument("--model", default=BENCH_MODEL, help="open_clip model name (default: bundled mmembed-tiny)")
     parser.add_argument("--pretrained", help="open_clip pretrained tag (needs the weights cached or a download)")
     parser.add_argument("--checkpoint", help="local open_clip checkpoint file for --model")
     parser.add_argument("--device", default="auto", choices=DEVICES)

@@ -542,7 +542,7 @@ def child_embed_demo(folder: str) -> dict[str, Any]:
     write_photo_folder(root / "images")
     spec = ShardSpec(out=str(root / "shards"), samples_per_shard=32)
     shards = write_shards(samples_from_folder(root / "images"), spec)
-    encoder = EncoderConfig(device="cpu")  # the default model: bundled random-init mmembed-tiny
+    encoder = EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu")  # offline: bundled, random weights
     config = EmbedJobConfig(shards=tuple(shards["shards"]), out=str(root / "embed"), encoder=encoder)
     summary = run_job(config)
     return {"samples": shards["samples"], "summary": {k: v for k, v in summary.items() if k != "provenance"}}

@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
     train_out, train_s = cli(
         "train", "--shards", str(work / "shards-train" / "*.tar"), "--out", str(work / "run"), "--overwrite",
+        "--model", "mmembed-small", "--random-init",
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--warmup-steps", str(args.warmup_steps), "--log-every", "50", *threads,
     )  # fmt: skip
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = str(work / "run" / "model.pt")
     results = {
         "trained": evaluate("trained", ["--model", "mmembed-small", "--checkpoint", model], work, args, queries),
-        "random_init": evaluate("random", ["--model", "mmembed-small"], work, args, queries),
+        "random_init": evaluate("random", ["--model", "mmembed-small", "--random-init"], work, args, queries),
     }
     report(args, train_summary, train_s, shards_s, results, work)
     figures = {"dataset": args.dataset, "train": train_summary, "train_seconds": train_s, **results}

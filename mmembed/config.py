@@ -9,7 +9,11 @@ from typing import Any
 
 import yaml
 
-DEFAULT_MODEL = "mmembed-tiny"
+# The default model is a real pretrained one, as in the tools users come from; random weights only on request.
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+LOCAL_DIR_PREFIX = "local-dir:"
+RANDOM_INIT_WEIGHTS = "random-init"  # the provenance's "weights" of a model with random weights
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OUTPUT_DTYPES = ("float32", "float16")
@@ -25,9 +29,11 @@ class EncoderConfig:
 
     model: an open_clip model name (``ViT-B-32``), a name registered from ``mmembed/encoders/configs``
     (``mmembed-tiny``), or ``local-dir:/path`` holding ``open_clip_config.json`` and weights.
-    pretrained: an open_clip pretrained tag (needs a download or a warm cache).
+    pretrained: an open_clip pretrained tag (needs a download or a warm cache); the default model alone
+    means its default tag (``ViT-B-32`` -> ``laion2b_s34b_b79k``).
     checkpoint: a local checkpoint file (state dict) for ``model``.
-    With neither, weights are random, initialised from ``seed`` (tests and the offline demo).
+    random_init: random weights initialised from ``seed``, for smoke tests and training from scratch;
+    without it a model needs weights, so random vectors are never made by accident.
     """
 
     model: str = DEFAULT_MODEL
@@ -38,10 +44,24 @@ class EncoderConfig:
     batch_size: int = 64
     seed: int = 0
     torch_threads: int | None = None  # CPU inference threads; None keeps torch's default
+    random_init: bool = False
 
     def __post_init__(self) -> None:
         if self.pretrained and self.checkpoint:
             raise ConfigError("give either --pretrained TAG or --checkpoint FILE, not both")
+        has_weights = bool(self.pretrained or self.checkpoint or self.model.startswith(LOCAL_DIR_PREFIX))
+        if self.random_init and has_weights:
+            raise ConfigError(
+                "--random-init asks for random weights, but --pretrained, --checkpoint or a local-dir model give "
+                "weights; drop one of them"
+            )
+        if not self.random_init and not has_weights:
+            if self.model != DEFAULT_MODEL:
+                raise ConfigError(
+                    f"model {self.model!r} has no weights: pass --pretrained TAG, --checkpoint FILE or --model "
+                    "local-dir:DIR; or --random-init for random weights (smoke tests only: their vectors mean nothing)"
+                )
+            object.__setattr__(self, "pretrained", DEFAULT_PRETRAINED)
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not one of {DEVICES}")
         if self.precision not in PRECISIONS:

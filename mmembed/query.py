@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mmembed.config import ConfigError, DecodeConfig, EncoderConfig
+from mmembed.config import RANDOM_INIT_WEIGHTS, ConfigError, DecodeConfig, EncoderConfig
 from mmembed.decode import DecodeError, decode_image
 from mmembed.encoders.openclip import CaptionTokenizer, OpenClipEncoder, embedding_dim, provenance
 from mmembed.schema import IDENTITY_KEYS, full_provenance
@@ -25,6 +25,7 @@ def encoder_config_from_provenance(prov: dict[str, Any], device: str = "auto") -
         pretrained=prov.get("pretrained"),
         checkpoint=prov.get("checkpoint"),
         seed=prov.get("init_seed") or 0,
+        random_init=prov.get("weights") == RANDOM_INIT_WEIGHTS,
         device=device,
         precision="fp32" if device == "cpu" else "auto",
         batch_size=64,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 
 from mmembed import __version__
+from mmembed.config import RANDOM_INIT_WEIGHTS
 from mmembed.records import EmbeddedChunk, EmbeddedSample, SampleError
 
+log = logging.getLogger(__name__)
 PROVENANCE_KEY = b"mmembed.provenance"
 PHASH_BYTES = 8
 # Provenance fields that must agree for two embeddings to share a space (stored dtype and version may differ).
@@ -71,6 +74,21 @@ def embeddings_schema(dim: int, dtype: str, provenance: dict[str, Any] | None = 
 def full_provenance(encoder_provenance: dict[str, Any], dtype: str) -> dict[str, Any]:
     """Encoder provenance plus what the writer adds: stored dtype, normalisation, mmembed version."""
     return {**encoder_provenance, "dtype": dtype, "normalized": True, "mmembed_version": __version__}
+
+
+_warned_random: set[str] = set()
+
+
+def warn_if_random_weights(provenance: dict[str, Any], where: str) -> None:
+    """One warning line (once per process) when ``where`` holds vectors of a model with random weights."""
+    if provenance.get("weights") == RANDOM_INIT_WEIGHTS and not _warned_random:
+        _warned_random.add(where)
+        log.warning(
+            "%s: made by %s with random weights (--random-init): similarities, search results and semantic "
+            "duplicates mean nothing beyond a smoke test",
+            where,
+            provenance.get("model"),
+        )
 
 
 def read_provenance(schema: pa.Schema) -> dict[str, Any] | None:

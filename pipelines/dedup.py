@@ -55,7 +55,14 @@ def add_dedup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", required=True, help="the embed job's --out dir (holds embeddings/*.parquet)")
     parser.add_argument("--out", required=True, help="where duplicates.parquet, keep.parquet, summary.json go")
     parser.add_argument(
-        "--methods", default="exact,perceptual,semantic", help="comma list of exact,perceptual,semantic"
+        "--methods",
+        help="comma list of exact,perceptual,semantic (default: all three; exact,perceptual for embeddings of a "
+        "model with random weights)",
+    )
+    parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="run semantic dedup on embeddings of a random-weight model (smoke tests only)",
     )
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="semantic duplicates: cosine > 1 - eps")
     parser.add_argument("--phash-threshold", type=int, default=DEFAULT_PHASH_THRESHOLD, help="max pHash bit distance")
@@ -79,7 +86,8 @@ def config_from_args(args: argparse.Namespace) -> DedupConfig:
     return DedupConfig(
         embeddings_dir=args.embeddings,
         out_dir=args.out,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
+        allow_random_weights=args.allow_random_weights,
         keep=args.keep,
         phash_threshold=args.phash_threshold,
         eps=args.eps,
@@ -119,9 +127,10 @@ def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pip
     began = time.perf_counter()
     beam_args = list(beam_args or [])
     local = test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args)
+    files = open_embeddings(config.embeddings_dir)
+    config = config.for_embeddings(files.provenance)
     sem_on = "semantic" in config.methods
     device = resolve_device(config.device) if sem_on else "cpu"
-    files = open_embeddings(config.embeddings_dir)
     out = prepare_out(config)
     columns = read_columns(files, batch_size=config.batch_size)  # also checks every file's small columns
     count = files.count

@@ -26,7 +26,7 @@ from mmembed.schema import utf8_safe
 from tests.helpers import embed, read_dir
 from tests.tarmaker import directory, link, sample_members, write_tar
 
-TINY = EncoderConfig(model="mmembed-tiny", device="cpu", batch_size=8, seed=0)
+TINY = EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu", batch_size=8, seed=0)
 SHARD = "mixed-000"
 # An IFUNC IM file whose size header says 10.5*10: Pillow raises TypeError when it loads the pixels.
 MALFORMED_IM = (b"Image type: RGB image\r\nImage size (x*y): 10.5*10\r\n\x1a").ljust(512, b"\0") + bytes(300)

@@ -28,7 +28,10 @@ def test_make_shards_then_embed_on_the_default_runner(tmp_path: Path, capsys: py
     assert code == 0 and json.loads(capsys.readouterr().out)["shards"] == [str(tmp_path / "b" / "captions-00000.tar")]
 
     out = tmp_path / "emb"
-    assert main(["embed", "--shards", str(tmp_path / "a" / "*.tar"), "--out", str(out), "--batch-size", "2"]) == 0
+    tiny = ["--model", "mmembed-tiny", "--random-init"]
+    assert (
+        main(["embed", "--shards", str(tmp_path / "a" / "*.tar"), "--out", str(out), "--batch-size", "2", *tiny]) == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples_in"] == summary["embedded"] == 3 and summary["errors"] == 0
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["photos-00000.parquet", "photos-00001.parquet"]
@@ -36,7 +39,7 @@ def test_make_shards_then_embed_on_the_default_runner(tmp_path: Path, capsys: py
     assert json.loads((out / "summary.json").read_text())["embedded"] == 3
 
     # brace patterns work, and a re-run skips both complete shards
-    assert main(["embed", "--shards", str(tmp_path / "a" / "photos-{00000..00001}.tar"), "--out", str(out)]) == 0
+    assert main(["embed", "--shards", str(tmp_path / "a" / "photos-{00000..00001}.tar"), "--out", str(out), *tiny]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["shards_skipped"] == 2 and again["embedded"] == 3
 

@@ -35,7 +35,7 @@ def test_query_encoder_batches_like_one_call(tiny_config: EncoderConfig) -> None
 @pytest.mark.parametrize(
     ("override", "field"),
     [
-        (EncoderConfig(model="mmembed-tiny", seed=1, device="cpu"), "init_seed"),
+        (EncoderConfig(model="mmembed-tiny", random_init=True, seed=1, device="cpu"), "init_seed"),
         (EncoderConfig(model="ViT-B-32"), "model"),
     ],
 )

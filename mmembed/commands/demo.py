@@ -43,7 +43,7 @@ def demo(args: argparse.Namespace, extra: list[str]) -> int:
         written = write_shards(labelled_samples(load("digits", split)), ShardSpec(str(out / "shards" / split), 500))
         logging.info("demo: %d %s digits -> %d shards", written["samples"], split, len(written["shards"]))
 
-    model = EncoderConfig(model="mmembed-small", batch_size=64)
+    model = EncoderConfig(model="mmembed-small", batch_size=64, random_init=True)  # trained from scratch below
     trained = train(
         TrainConfig(
             shards=(str(out / "shards" / "train" / "*.tar"),),

@@ -61,7 +61,7 @@ def _override(args: argparse.Namespace) -> EncoderConfig | None:
         )
     if args.checkpoint:
         recorded = encoder_config_from_provenance(read_infos(args.index)["provenance"], args.device)
-        return replace(recorded, checkpoint=args.checkpoint)
+        return replace(recorded, checkpoint=args.checkpoint, random_init=False)
     return None
 
 

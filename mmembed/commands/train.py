@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmembed.commands.output import print_json
-from mmembed.config import DEVICES, PRECISIONS
+from mmembed.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEVICES, PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--shards", nargs="+", required=True, help="training shard paths, globs or {a..b} patterns")
     parser.add_argument("--out", required=True, help="run folder: model.pt, checkpoints/, loss.png, metrics.jsonl")
-    parser.add_argument("--model", default="mmembed-small", help="open_clip model name or local-dir:/path")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"open_clip model name or local-dir:/path (default: {DEFAULT_MODEL}, from {DEFAULT_PRETRAINED})",
+    )
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--pretrained", help="start from an open_clip pretrained tag (needs a download or cache)")
     start.add_argument("--checkpoint", help="start from a local checkpoint file (fine-tuning)")
+    start.add_argument("--random-init", action="store_true", help="train from scratch: random weights from --seed")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule ends there)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -56,6 +61,7 @@ def config_from_args(args: argparse.Namespace):
         precision=args.precision,
         seed=args.seed,
         torch_threads=args.torch_threads,
+        random_init=args.random_init,
     )
     decode = DecodeConfig(caption_key=args.caption_key, **({"threads": args.data_threads} if args.data_threads else {}))
     return TrainConfig(

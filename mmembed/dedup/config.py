@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
 
-from mmembed.config import DEVICES, ConfigError
+from mmembed.config import DEVICES, RANDOM_INIT_WEIGHTS, ConfigError
+
+log = logging.getLogger(__name__)
 
 METHODS = ("exact", "perceptual", "semantic")
 KEEP_POLICIES = ("similarity", "resolution", "first", "semdedup-hard", "semdedup-easy")
@@ -66,7 +70,7 @@ class DedupConfig:
 
     embeddings_dir: str
     out_dir: str
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] | None = None  # None: all three, or exact + perceptual for random-weight vectors
     keep: str = "similarity"
     phash_threshold: int = DEFAULT_PHASH_THRESHOLD
     eps: float = DEFAULT_EPS
@@ -81,9 +85,11 @@ class DedupConfig:
     device: str = "auto"
     work_dir: str | None = None
     overwrite: bool = False
+    allow_random_weights: bool = False  # semantic dedup on vectors of a random-weight model (smoke tests)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", tuple(self.methods))  # YAML and CLI give lists
+        if self.methods is not None:
+            object.__setattr__(self, "methods", tuple(self.methods))  # YAML and CLI give lists
         if not self.embeddings_dir or not self.out_dir:
             raise ConfigError("give both embeddings_dir (an embed job's --out) and out_dir (where dedup results go)")
         for name in ("embeddings_dir", "out_dir"):
@@ -92,12 +98,13 @@ class DedupConfig:
                     f"{name} {getattr(self, name)!r}: the single-machine dedup reads and writes local "
                     "paths; copy the files locally or run the Beam dedup pipeline"
                 )
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods {list(self.methods)} must be distinct, non-empty and from {METHODS}")
+        methods = METHODS if self.methods is None else self.methods
+        unknown = [m for m in methods if m not in METHODS]
+        if not methods or unknown or len(set(methods)) != len(methods):
+            raise ConfigError(f"methods {list(methods)} must be distinct, non-empty and from {METHODS}")
         if self.keep not in KEEP_POLICIES:
             raise ConfigError(f"keep policy {self.keep!r} is not one of {KEEP_POLICIES}")
-        if self.keep.startswith("semdedup") and "semantic" not in self.methods:
+        if self.keep.startswith("semdedup") and "semantic" not in methods:
             raise ConfigError(f"keep={self.keep!r} ranks by distance to a k-means centroid: add 'semantic' to methods")
         if not 0 <= self.phash_threshold < PHASH_BITS // 2:
             raise ConfigError(f"phash_threshold must be in [0, {PHASH_BITS // 2}) bits, got {self.phash_threshold}")
@@ -106,6 +113,26 @@ class DedupConfig:
             raise ConfigError(f"recall_queries must be >= 0, got {self.recall_queries}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def for_embeddings(self, provenance: dict[str, Any]) -> DedupConfig:
+        """This config with its methods settled for embeddings of ``provenance``: semantic dedup of a model with
+        random weights would group unrelated images, so it is refused when asked for, and left out (said in a
+        warning) when the methods were not given, unless ``allow_random_weights``."""
+        random = provenance.get("weights") == RANDOM_INIT_WEIGHTS and not self.allow_random_weights
+        if self.methods is None:
+            if random:
+                log.warning(
+                    "the embeddings come from a model with random weights: semantic dedup would group unrelated "
+                    "images, so only exact,perceptual run (--methods ... --allow-random-weights forces it)"
+                )
+            return replace(self, methods=("exact", "perceptual") if random else METHODS)
+        if random and "semantic" in self.methods:
+            raise ConfigError(
+                "semantic dedup on embeddings of a model with random weights (--random-init) would group unrelated "
+                "images; fix: embed with a real model, leave 'semantic' out of --methods, or pass "
+                "--allow-random-weights for a smoke test"
+            )
+        return self
 
     def semantic(self, device: str) -> SemanticConfig:
         """The semantic method's part of this config, on a resolved ``device``."""

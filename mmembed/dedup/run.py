@@ -58,8 +58,9 @@ GATHER_CHUNK = 131_072  # members per similarity_to_kept fetch: <= 2 x this many
 def run_dedup(config: DedupConfig) -> dict[str, Any]:
     """Find duplicate groups with ``config.methods``, keep one per group, write the outputs; returns the summary."""
     began = time.perf_counter()
-    device = resolve_device(config.device) if "semantic" in config.methods else "cpu"
     files = open_embeddings(config.embeddings_dir)
+    config = config.for_embeddings(files.provenance)
+    device = resolve_device(config.device) if "semantic" in config.methods else "cpu"
     out = prepare_out(config)
     columns = read_columns(files, batch_size=config.batch_size)
     count = files.count

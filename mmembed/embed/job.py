@@ -24,9 +24,10 @@ def resolve_local_settings(config: EmbedJobConfig) -> EmbedJobConfig:
     """On the local runner: fail fast when CUDA is requested but absent, pin 'auto' to what this machine has
     (so the model handler knows to share one model copy per GPU) and give CPU inference the cores the decode
     threads leave. Remote workers resolve these themselves."""
-    from mmembed.encoders.openclip import resolve_device
+    from mmembed.encoders.openclip import ensure_weights, resolve_device
 
     device = resolve_device(config.encoder.device)
+    ensure_weights(config.encoder)
     encoder = replace(config.encoder, device=device)
     if device == "cpu" and encoder.torch_threads is None:
         encoder = replace(encoder, torch_threads=default_cpu_inference_threads(config.decode.threads))
@@ -42,9 +43,9 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
 
     started = time.monotonic()
     beam_args = beam_args or []
+    sources = filesystem.stat_shards(filesystem.list_shards(config.shards))
     if test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args):
         config = resolve_local_settings(config)
-    sources = filesystem.stat_shards(filesystem.list_shards(config.shards))
     filesystem.check_writable(config.out)
     prov = full_provenance(provenance(config.encoder), config.output_dtype)
     settings = job_settings(config.decode)

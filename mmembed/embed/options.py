@@ -6,6 +6,7 @@ import argparse
 
 from mmembed.config import (
     DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
     DEVICES,
     OUTPUT_DTYPES,
     PRECISIONS,
@@ -22,7 +23,12 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         help=f"open_clip model name or local-dir:/path (default: the model a --checkpoint from `mmembed train` "
-        f"was trained as, else {DEFAULT_MODEL})",
+        f"was trained as, else {DEFAULT_MODEL} with the pretrained weights {DEFAULT_PRETRAINED})",
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights from --seed: smoke tests only (their vectors mean nothing); recorded in the provenance",
     )
     parser.add_argument("--pretrained", help="open_clip pretrained tag, e.g. laion2b_s34b_b79k (needs a download)")
     parser.add_argument("--checkpoint", help="local open_clip checkpoint file for --model")
@@ -60,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
             batch_size=args.batch_size,
             seed=args.seed,
             torch_threads=args.torch_threads,
+            random_init=args.random_init,
         ),
         decode=DecodeConfig(
             caption_key=args.caption_key,

@@ -22,12 +22,11 @@ from open_clip.transform import MaybeToTensor, PreprocessCfg, image_transform_v2
 from open_clip.utils import to_2tuple
 from PIL import Image
 
-from mmembed.config import ConfigError, EncoderConfig
+from mmembed.config import LOCAL_DIR_PREFIX, RANDOM_INIT_WEIGHTS, ConfigError, EncoderConfig
 
 log = logging.getLogger(__name__)
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"
-LOCAL_DIR_PREFIX = "local-dir:"
 CHECKPOINT_META_KEY = "mmembed"  # the entry of a checkpoint that ``mmembed train`` fills
 
 
@@ -225,7 +224,7 @@ def trained_checkpoint_info(config: EncoderConfig) -> dict[str, Any] | None:
 
 def provenance(config: EncoderConfig) -> dict[str, Any]:
     """What produced an embedding: enough to refuse mixing models and to reload the same encoder."""
-    weights = "random-init"
+    weights = RANDOM_INIT_WEIGHTS
     if config.pretrained:
         weights = f"pretrained:{config.pretrained}"
     elif config.checkpoint:
@@ -240,10 +239,36 @@ def provenance(config: EncoderConfig) -> dict[str, Any]:
         "checkpoint_sha256": file_sha256(config.checkpoint) if config.checkpoint else None,
         "trained": trained_checkpoint_info(config) if config.checkpoint else None,
         "weights": weights,
-        "init_seed": config.seed if weights == "random-init" else None,
+        "init_seed": config.seed if weights == RANDOM_INIT_WEIGHTS else None,
         "dim": embedding_dim(config),
         "preprocessing": resolve_preprocess_cfg(config),
     }
+
+
+def ensure_weights(config: EncoderConfig) -> None:
+    """Fetch a pretrained tag's weights into the local cache now (a no-op when cached), so a job that cannot
+    get them stops before it creates anything, with the ways forward instead of a traceback."""
+    if not config.pretrained:
+        return
+    register_bundled_configs()
+    cfg = open_clip.get_pretrained_cfg(config.model, config.pretrained)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(config.model)) or "none"
+        raise ConfigError(f"model {config.model} has no pretrained tag {config.pretrained!r}; its tags: {tags}")
+    try:
+        found = open_clip.pretrained.download_pretrained(cfg)
+    except Exception as exc:  # noqa: BLE001 - offline, no cache, hub errors: all mean the same to the user
+        found, cause = "", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    else:
+        cause = "no download location"
+    if not found:
+        raise ConfigError(
+            f"the weights of {config.model} ({config.pretrained}) are not in the local cache and could not be "
+            f"downloaded ({cause}).\nWays forward:\n"
+            "  --checkpoint FILE       a local open_clip checkpoint (state dict) for --model\n"
+            "  --model local-dir:DIR   a folder holding open_clip_config.json and the weights\n"
+            "  --random-init           random weights, for smoke tests only (their vectors mean nothing)"
+        )
 
 
 def create_model(config: EncoderConfig, device: str) -> torch.nn.Module:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from mmembed.config import ConfigError
 from mmembed.index.store import IDS_FILE, INDEX_FILES, read_index, read_infos
 from mmembed.index.tune import apply_params
+from mmembed.schema import warn_if_random_weights
 
 
 class SearchIndex:
@@ -78,4 +79,5 @@ def load_index(index_dir: str | Path, mmap: bool = True) -> IndexSet:
     id_rows = pq.ParquetFile(folder / IDS_FILE).metadata.num_rows
     if id_rows != infos["count"]:
         raise ConfigError(f"{folder / IDS_FILE}: {id_rows} rows but infos.json says {infos['count']}; rebuild")
+    warn_if_random_weights(infos["provenance"], f"index {folder}")
     return IndexSet(folder, infos, indexes)

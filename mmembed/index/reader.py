@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from mmembed.config import ConfigError
 from mmembed.outputs import EMBEDDINGS_DIR
-from mmembed.schema import IDENTITY_KEYS, read_provenance
+from mmembed.schema import IDENTITY_KEYS, read_provenance, warn_if_random_weights
 
 VECTOR_COLUMNS = {"image": "image_embedding", "text": "text_embedding"}
 ID_COLUMNS = ("key", "shard", "offset", "caption", "url")
@@ -88,6 +88,7 @@ def open_files(paths: Sequence[str]) -> EmbeddingFiles:
         raise ConfigError(_mixed_message(groups))
     if len(dims) > 1:
         raise ConfigError(f"embeddings files disagree on dim {sorted(dims)}: {', '.join(paths)}")
+    warn_if_random_weights(provenance, f"the embeddings in {Path(paths[0]).parent}")
     return EmbeddingFiles(tuple(paths), tuple(counts), dims.pop(), provenance)
 
 

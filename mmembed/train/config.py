@@ -18,7 +18,7 @@ class TrainConfig:
 
     shards: tuple[str, ...]
     out: str
-    init: EncoderConfig = field(default_factory=lambda: EncoderConfig(model="mmembed-small"))
+    init: EncoderConfig = field(default_factory=EncoderConfig)  # the default pretrained model
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     epochs: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when smaller)

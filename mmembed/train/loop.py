@@ -30,6 +30,7 @@ from mmembed.encoders.openclip import (
     CaptionTokenizer,
     autocast_dtype,
     create_model,
+    ensure_weights,
     file_sha256,
     provenance,
     resolve_device,
@@ -116,6 +117,7 @@ class Trainer:
         self.config = config
         self.files = RunFiles(Path(config.out))
         self.device = resolve_device(config.init.device)
+        ensure_weights(config.init)  # before the run folder is made: a missing download stops here
         if self.device == "cpu" and config.init.torch_threads:
             torch.set_num_threads(config.init.torch_threads)
         self.files.prepare(resume=config.resume, overwrite=config.overwrite)

@@ -101,9 +101,8 @@ def test_append_to_a_copied_sharded_index_keeps_old_rows_and_the_original(data, 
     shutil.copytree(sharded[0], copy)
     original = {p.name: p.read_bytes() for p in sharded[0].glob("*.ivfdata")}
     new_image, new_text = blobs(300, DIM, seed=5), blobs(300, DIM, seed=6)
-    shard = write_shard(
-        tmp_path / "new" / "shard-00099.parquet", "shard-00099", new_image, new_text, encoder_provenance(DIM)
-    )
+    trained = encoder_provenance(DIM, trained=True)  # as the index's files
+    shard = write_shard(tmp_path / "new" / "shard-00099.parquet", "shard-00099", new_image, new_text, trained)
     assert append(copy, [str(shard)])["count"] == N + 300
     loaded = load_index(copy)
     _, found = loaded.search(np.concatenate([image[:20], new_image[:20]]), 1, "image")

@@ -56,7 +56,8 @@ def embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _args(config: DedupConfig) -> list[str]:
     """The job's command line for a DedupConfig."""
-    args = ["--embeddings", config.embeddings_dir, "--out", config.out_dir, "--methods", ",".join(config.methods)]
+    args = ["--embeddings", config.embeddings_dir, "--out", config.out_dir]
+    args += ["--methods", ",".join(config.methods)] if config.methods else []
     args += ["--keep", config.keep, "--eps", str(config.eps), "--phash-threshold", str(config.phash_threshold)]
     args += ["--max-cluster-size", str(config.max_cluster_size), "--sample-size", str(config.sample_size)]
     args += ["--recall-queries", str(config.recall_queries), "--batch-size", str(config.batch_size)]

@@ -51,14 +51,15 @@ def open_clip_reference(shards: list[str], config: EncoderConfig) -> dict[str, t
 @pytest.fixture(scope="module")
 def embedded(demo_shards: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("emb")
-    summary = embed(demo_shards, out, EncoderConfig(model="mmembed-tiny", device="cpu", batch_size=8, seed=0))
+    config = EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu", batch_size=8, seed=0)
+    summary = embed(demo_shards, out, config)
     return out, summary
 
 
 def test_pipeline_embeddings_equal_direct_open_clip(embedded: tuple[Path, dict], demo_shards: list[str]) -> None:
     out, _ = embedded
     table = read_dir(out / "embeddings")
-    reference = open_clip_reference(demo_shards, EncoderConfig(model="mmembed-tiny", seed=0))
+    reference = open_clip_reference(demo_shards, EncoderConfig(model="mmembed-tiny", random_init=True, seed=0))
     assert table.num_rows == len(reference) == 38
     rows = table.to_pylist()
     for row in rows:

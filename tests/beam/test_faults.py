@@ -60,7 +60,7 @@ sys.exit(run(sys.argv[1:]))
 def reference(demo_shards: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run over the four demo shards."""
     out = tmp_path_factory.mktemp("reference")
-    embed(demo_shards, out, EncoderConfig(model="mmembed-tiny", device="cpu", batch_size=8, seed=0))
+    embed(demo_shards, out, EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu", batch_size=8, seed=0))
     return out
 
 
@@ -93,7 +93,7 @@ def test_sigkill_mid_write_then_rerun_resumes_to_the_uninterrupted_outputs(
 ) -> None:
     out = tmp_path / "out"
     log = tmp_path / "job.log"
-    args = ["--shards", *demo_shards, "--out", str(out), "--model", "mmembed-tiny", "--device", "cpu"]
+    args = ["--shards", *demo_shards, "--out", str(out), "--model", "mmembed-tiny", "--random-init", "--device", "cpu"]
     args += ["--batch-size", "8", "--seed", "0"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     with open(log, "wb") as sink:
@@ -199,7 +199,8 @@ def test_unwritable_output_dir_fails_before_any_work_with_a_clear_error(
     with pytest.raises(ConfigError, match=f"output directory '{re.escape(str(out))}' is not writable"):
         embed(demo_shards[:1], out, tiny_config)
     capsys.readouterr()
-    assert main(["embed", "--shards", demo_shards[0], "--out", str(out)]) == 2
+    tiny = ["--model", "mmembed-tiny", "--random-init"]
+    assert main(["embed", "--shards", demo_shards[0], "--out", str(out), *tiny]) == 2
     assert "is not writable" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.parquet"))
 

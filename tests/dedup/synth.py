@@ -51,7 +51,7 @@ def write_dedup_dir(
     width = np.full(n, 64) if width is None else width
     height = np.full(n, 48) if height is None else height
     similarity = np.einsum("ij,ij->i", image, text) if similarity is None else similarity
-    provenance = full_provenance(encoder_provenance(dim), "float32")
+    provenance = full_provenance(encoder_provenance(dim, trained=True), "float32")  # blobs stand for real vectors
     schema = embeddings_schema(dim, "float32", provenance)
     paths = []
     for number, start in enumerate(range(0, n, per_shard)):

@@ -19,8 +19,8 @@ from tests.embed.jobrun import ChildRun, complete_shards, run_child, write_synth
 from tests.helpers import embed
 
 SHARDS, PER_SHARD = 16, 40
-TINY_ARGS = ["--model", "mmembed-tiny", "--device", "cpu", "--batch-size", "16", "--seed", "0"]
-TINY = EncoderConfig(model="mmembed-tiny", device="cpu", batch_size=16, seed=0)
+TINY_ARGS = ["--model", "mmembed-tiny", "--random-init", "--device", "cpu", "--batch-size", "16", "--seed", "0"]
+TINY = EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu", batch_size=16, seed=0)
 # A model whose vectors are wide (4,096-d) and towers tiny: what the writer holds per sample is large next to
 # the model, so memory that grew with the input would show.
 WIDE = {
@@ -108,7 +108,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_shards(tmp_path: Path) -> 
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "mmembed-wide-test.json").write_text(json.dumps(WIDE))
-    args = ["--model", "mmembed-wide-test", "--device", "cpu", "--batch-size", "25", "--seed", "0"]
+    args = ["--model", "mmembed-wide-test", "--random-init", "--device", "cpu", "--batch-size", "25", "--seed", "0"]
     peaks = {}
     for count in (8, 64):
         shards = write_synthetic_shards(tmp_path / f"in{count}", count, 25, size=32, seed=count)

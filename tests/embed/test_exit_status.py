@@ -11,7 +11,7 @@ import pytest
 from mmembed.cli import main
 from tests.tarmaker import write_tar
 
-TINY = ["--model", "mmembed-tiny", "--device", "cpu", "--batch-size", "8"]
+TINY = ["--model", "mmembed-tiny", "--random-init", "--device", "cpu", "--batch-size", "8"]
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:

@@ -15,7 +15,7 @@ from mmembed.cli import main
 from mmembed.embed.resume import SETTINGS_KEY, SOURCE_KEY
 from mmembed.schema import read_provenance
 
-TINY = ["--model", "mmembed-tiny", "--device", "cpu", "--batch-size", "8"]  # seed 0, the default
+TINY = ["--model", "mmembed-tiny", "--random-init", "--device", "cpu", "--batch-size", "8"]  # seed 0, the default
 
 
 def snapshot(out: Path) -> dict[str, tuple[int, int]]:
@@ -57,7 +57,7 @@ def test_another_model_is_refused_before_any_work(
     embedded: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     shards, out = embedded
-    argv = ["--shards", *shards, "--out", str(out), "--model", "mmembed-small", "--device", "cpu"]
+    argv = ["--shards", *shards, "--out", str(out), "--model", "mmembed-small", "--random-init", "--device", "cpu"]
     err = refused(argv, out, capsys)
     assert 'model "mmembed-tiny", but this run has "mmembed-small"' in err
     assert "--overwrite" in err and "another --out" in err and "Nothing was changed" in err

@@ -75,7 +75,7 @@ def test_checkpoint_saved_by_test_loads_through_checkpoint_path(tmp_path: Path, 
     checkpoint = tmp_path / "tiny.pt"
     torch.save({"state_dict": model.state_dict()}, checkpoint)
 
-    config = replace(tiny_config, checkpoint=str(checkpoint))
+    config = replace(tiny_config, checkpoint=str(checkpoint), random_init=False)
     encoder = OpenClipEncoder.load(config)
     image, text = encoder_embeddings(encoder, config, CAPTIONS)
     want_image, want_text = direct_embeddings(model, preprocess, open_clip.get_tokenizer(config.model), CAPTIONS)
@@ -136,7 +136,7 @@ def test_pretrained_tag_resolves_offline_but_loading_says_how_to_fix() -> None:
 
 def test_unknown_model_and_tag_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown model"):
-        provenance(EncoderConfig(model="no-such-model"))
+        provenance(EncoderConfig(model="no-such-model", random_init=True))
     with pytest.raises(ConfigError, match="known tags"):
         resolve_preprocess_cfg(EncoderConfig(model="ViT-B-32", pretrained="no-such-tag"))
 

@@ -13,15 +13,16 @@ from mmembed.records import EmbeddedSample
 from mmembed.schema import embeddings_schema, embeddings_table, full_provenance
 
 
-def encoder_provenance(dim: int, model: str = "mmembed-tiny", seed: int = 0) -> dict[str, Any]:
-    """What ``mmembed.encoders.openclip.provenance`` returns for a random-init model, without loading one."""
+def encoder_provenance(dim: int, model: str = "mmembed-tiny", seed: int = 0, trained: bool = False) -> dict[str, Any]:
+    """What ``mmembed.encoders.openclip.provenance`` returns for a random-init model (or, ``trained``, a model
+    with weights from a checkpoint: synthetic vectors that stand for meaningful ones), without loading one."""
     return {
         "model": model,
         "pretrained": None,
         "checkpoint": None,
-        "checkpoint_sha256": None,
-        "weights": "random-init",
-        "init_seed": seed,
+        "checkpoint_sha256": "0" * 64 if trained else None,
+        "weights": f"checkpoint-sha256:{'0' * 64}" if trained else "random-init",
+        "init_seed": None if trained else seed,
         "dim": dim,
         "preprocessing": {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
     }
@@ -75,8 +76,9 @@ def write_embed_dir(
     dtype: str = "float32",
     first_shard: int = 0,
 ) -> list[Path]:
-    """Split rows into ``<root>/embeddings/shard-NNNNN.parquet`` files of ``per_shard`` rows each."""
-    provenance = provenance or encoder_provenance(image.shape[1])
+    """Split rows into ``<root>/embeddings/shard-NNNNN.parquet`` files of ``per_shard`` rows each (by default
+    recorded as a trained model's: the blobs stand for meaningful vectors)."""
+    provenance = provenance or encoder_provenance(image.shape[1], trained=True)
     paths = []
     for n, start in enumerate(range(0, len(image), per_shard), start=first_shard):
         rows = slice(start, start + per_shard)

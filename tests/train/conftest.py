@@ -12,7 +12,7 @@ from mmembed.labelled import labelled_samples, load
 from mmembed.makeshards import ShardSpec, write_shards
 from mmembed.train import TrainConfig
 
-SMALL = EncoderConfig(model="mmembed-small", device="cpu", seed=0, torch_threads=1)
+SMALL = EncoderConfig(model="mmembed-small", random_init=True, device="cpu", seed=0, torch_threads=1)
 
 
 @pytest.fixture(scope="session")

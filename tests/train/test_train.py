@@ -44,7 +44,7 @@ def test_loss_falls_while_training(digit_shards: list[str], tmp_path: Path) -> N
 def test_trained_checkpoint_embeds_with_its_provenance(digit_shards: list[str], tmp_path: Path) -> None:
     train(small_run(digit_shards, tmp_path / "run"))
     model_file = tmp_path / "run" / "model.pt"
-    trained = replace(SMALL, checkpoint=str(model_file))
+    trained = replace(SMALL, checkpoint=str(model_file), random_init=False)
     summary = embed(digit_shards[:1], tmp_path / "emb", trained)
     assert summary["embedded"] == 40
 
@@ -121,9 +121,10 @@ def test_resume_with_other_settings_is_refused(digit_shards: list[str], tmp_path
 def test_fine_tune_starts_from_a_checkpoint(digit_shards: list[str], tmp_path: Path) -> None:
     train(small_run(digit_shards, tmp_path / "base", max_steps=2))
     base = tmp_path / "base" / "model.pt"
-    tuned = train(small_run(digit_shards, tmp_path / "tuned", max_steps=2, init=replace(SMALL, checkpoint=str(base))))
+    start = replace(SMALL, checkpoint=str(base), random_init=False)
+    tuned = train(small_run(digit_shards, tmp_path / "tuned", max_steps=2, init=start))
     meta = checkpoint_meta(tuned["model_file"])
-    assert meta["init_weights"] == provenance(replace(SMALL, checkpoint=str(base)))["weights"]
+    assert meta["init_weights"] == provenance(start)["weights"]
     assert meta["init_checkpoint"] == str(base)
 
 

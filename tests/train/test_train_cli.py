@@ -15,6 +15,7 @@ def test_train_then_embed_on_the_command_line(
 ) -> None:
     run = tmp_path / "run"
     argv = ["train", "--shards", *digit_shards, "--out", str(run), "--batch-size", "32", "--max-steps", "3"]
+    argv += ["--model", "mmembed-small", "--random-init"]
     assert main([*argv, "--torch-threads", "1", "--no-augment", "--lr", "5e-4", "--log-every", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 3 and summary["model_file"] == str(run / "model.pt")
