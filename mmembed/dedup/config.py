@@ -60,7 +60,8 @@ class DedupConfig:
 
     methods: any of 'exact' (same sha256 of the image bytes), 'perceptual' (pHash within ``phash_threshold``
     bits), 'semantic' (SemDeDup: image-embedding cosine > 1 - ``eps`` inside k-means clusters).
-    keep: which member of a group survives: 'similarity' (best image-text cosine), 'resolution' (most pixels),
+    keep: which member of a group survives: 'resolution' (most pixels, the default), 'similarity' (best
+    image-text cosine),
     'first' (smallest (shard, key)), 'semdedup-hard' / 'semdedup-easy' (farthest from / closest to its
     cluster centroid; needs 'semantic'). Ties go to the smallest (shard, key).
     n_clusters: k-means clusters, None for ~sqrt(rows); clusters above ``max_cluster_size`` are split again.
@@ -71,7 +72,7 @@ class DedupConfig:
     embeddings_dir: str
     out_dir: str
     methods: tuple[str, ...] | None = None  # None: all three, or exact + perceptual for random-weight vectors
-    keep: str = "similarity"
+    keep: str = "resolution"  # the largest image: the original over a crop or thumbnail
     phash_threshold: int = DEFAULT_PHASH_THRESHOLD
     eps: float = DEFAULT_EPS
     n_clusters: int | None = None

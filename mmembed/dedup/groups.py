@@ -1,7 +1,10 @@
-"""Duplicate groups: connected components of every method's links, one member kept per group by a policy.
+"""Duplicate groups: every removed sample is a near-duplicate of the sample kept for its group.
 
-Components are transitive (a~b and b~c put a, b, c in one group even when a and c are far apart), which is
-what a keep list needs: each group keeps exactly one sample.
+Links (every method's, as star forests) give connected components, which are transitive: a~b and b~c put a,
+b and c together even when a and c are far apart, and a chain can run brick -> grass -> clock -> camera.
+``split_chains`` therefore regroups each component as SemDeDup drops items: walk its rows in keep order;
+the best row not yet placed is kept, and every unplaced row within a method's threshold *of it* joins its
+group. A row is only ever removed for its own similarity to a kept row, never through intermediates.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from scipy.sparse.csgraph import connected_components
 from mmembed.config import ConfigError
 from mmembed.dedup.config import KEEP_POLICIES, METHODS
 from mmembed.dedup.links import Links
+from mmembed.dedup.perceptual import hamming
 
 METHOD_BITS = {name: 1 << i for i, name in enumerate(METHODS)}
 
@@ -65,15 +69,80 @@ def build_groups(count: int, links: Iterable[Links], rank: np.ndarray | None = N
     _, component = connected_components(graph, directed=False)
     sizes = np.bincount(component, minlength=1)
     in_group = sizes[component] > 1
-    group = np.full(count, -1, dtype=np.int64)
-    rows = np.flatnonzero(in_group)
+    return _numbered(np.where(in_group, component, -1), methods, rank)
+
+
+def _numbered(label: np.ndarray, methods: np.ndarray, rank: np.ndarray) -> Groups:
+    """Groups from per-row labels (-1: no group), renumbered 0.. by each group's smallest (shard, key)."""
+    group = np.full(len(label), -1, dtype=np.int64)
+    rows = np.flatnonzero(label >= 0)
     if len(rows):
         rows = rows[np.argsort(rank[rows], kind="stable")]  # walk members in (shard, key) order
-        comps, first_seen = np.unique(component[rows], return_index=True)
-        number = np.empty(component.max() + 1, dtype=np.int64)
-        number[comps[np.argsort(first_seen)]] = np.arange(len(comps))
-        group[rows] = number[component[rows]]
-    return Groups(group, methods, int(group.max() + 1) if count else 0)
+        labels, first_seen = np.unique(label[rows], return_index=True)
+        number = np.empty(label.max() + 1, dtype=np.int64)
+        number[labels[np.argsort(first_seen)]] = np.arange(len(labels))
+        group[rows] = number[label[rows]]
+    methods = np.where(group >= 0, methods, 0).astype(np.uint8)
+    return Groups(group, methods, int(group.max() + 1) if len(group) else 0)
+
+
+@dataclass(frozen=True)
+class NearTests:
+    """Per method in use, what makes a row a near-duplicate of a kept row: equal sha256 codes, pHashes within
+    ``phash_threshold`` bits, image-embedding cosine above ``cosine_above`` (vectors via ``vectors_of``)."""
+
+    sha256: np.ndarray | None = None
+    phash: np.ndarray | None = None
+    phash_threshold: int = 0
+    vectors_of: Callable[[np.ndarray], np.ndarray] | None = None
+    cosine_above: float = 1.0
+
+    def against(self, kept: int, rows: np.ndarray, vectors: np.ndarray | None) -> np.ndarray:
+        """The methods (bitmask per row) by which each of ``rows`` is a near-duplicate of row ``kept``;
+        ``vectors`` holds the image vectors of ``[kept, *rows]`` when semantic is in use."""
+        found = np.zeros(len(rows), dtype=np.uint8)
+        if self.sha256 is not None:
+            found |= np.where(self.sha256[rows] == self.sha256[kept], METHOD_BITS["exact"], 0).astype(np.uint8)
+        if self.phash is not None:
+            close = hamming(self.phash[rows], np.uint64(self.phash[kept])) <= self.phash_threshold
+            found |= np.where(close, METHOD_BITS["perceptual"], 0).astype(np.uint8)
+        if vectors is not None:
+            close = vectors[1:] @ vectors[0] > np.float32(self.cosine_above)
+            found |= np.where(close, METHOD_BITS["semantic"], 0).astype(np.uint8)
+        return found
+
+
+def split_chains(groups: Groups, score: np.ndarray, rank: np.ndarray, near: NearTests) -> Groups:
+    """Regroup each component so that every member is a near-duplicate of its group's kept row (the one
+    ``choose_kept`` then picks: highest score, ties to the smallest (shard, key)); rows that are near no kept
+    row become kept rows of groups of their own, or no group at all."""
+    rows = groups.members
+    order = rows[np.lexsort((rank[rows], -np.asarray(score, dtype=np.float64)[rows], groups.group[rows]))]
+    label = np.full(len(groups.group), -1, dtype=np.int64)
+    methods = np.zeros(len(groups.group), dtype=np.uint8)
+    bounds = np.flatnonzero(np.diff(groups.group[order])) + 1
+    for component in np.split(order, bounds) if len(order) else []:
+        _split_component(component, near, label, methods)
+    return _numbered(label, methods, rank)
+
+
+def _split_component(rows: np.ndarray, near: NearTests, label: np.ndarray, methods: np.ndarray) -> None:
+    """Greedy in keep order over one component's ``rows``: the first unplaced row is kept, the unplaced rows
+    near it join it; fills ``label`` (a group's label is its kept row) and ``methods`` for those rows."""
+    vectors = None
+    if near.vectors_of is not None:
+        unique, inverse = np.unique(rows, return_inverse=True)
+        vectors = np.asarray(near.vectors_of(unique), dtype=np.float32)[inverse]
+    position = np.arange(len(rows))
+    while len(position) > 1:
+        kept, others = position[0], position[1:]
+        found = near.against(rows[kept], rows[others], None if vectors is None else vectors[[kept, *others]])
+        joined = others[found > 0]
+        if len(joined):
+            label[rows[[kept, *joined]]] = rows[kept]
+            methods[rows[joined]] = found[found > 0]
+            methods[rows[kept]] = np.bitwise_or.reduce(found[found > 0])
+        position = others[found == 0]
 
 
 def keep_score(

@@ -28,7 +28,7 @@ DUPLICATES_SCHEMA = pa.schema(
         pa.field("shard", pa.string(), nullable=False),
         pa.field("group_id", pa.int64(), nullable=False),
         pa.field("kept", pa.bool_(), nullable=False),
-        pa.field("methods", pa.list_(pa.string()), nullable=False),  # methods that linked this row
+        pa.field("methods", pa.list_(pa.string()), nullable=False),  # methods by which it is near its kept row
         pa.field("similarity_to_kept", pa.float32(), nullable=False),  # image-embedding cosine to the kept row
     ]
 )

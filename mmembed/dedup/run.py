@@ -24,6 +24,7 @@ from mmembed.dedup.columns import numeric, read_columns
 from mmembed.dedup.config import DedupConfig
 from mmembed.dedup.groups import (
     Groups,
+    NearTests,
     build_groups,
     choose_kept,
     keep_score,
@@ -31,6 +32,7 @@ from mmembed.dedup.groups import (
     method_counts,
     similarity_to_kept,
     sort_rank,
+    split_chains,
 )
 from mmembed.dedup.links import Links
 from mmembed.dedup.outputs import (
@@ -101,7 +103,7 @@ def finish(
     duplicates.parquet, keep.parquet and summary.json (last, with ``extra`` keys); returns the summary."""
     count = files.count
     rank = sort_rank(columns["shard"], columns["key"])
-    groups = build_groups(count, links, rank)
+    components = build_groups(count, links, rank)
     score = keep_score(
         config.keep,
         rank=rank,
@@ -110,6 +112,7 @@ def finish(
         height=numeric(columns, "height"),
         centroid_similarity=sem.centroid_similarity if sem else np.full(count, np.nan, dtype=np.float32),
     )
+    groups = split_chains(components, score, rank, near_tests(config, columns, vectors_of))
     kept = choose_kept(groups, score, rank)
     similarity = similarity_to_kept(groups, kept, vectors_of, GATHER_CHUNK)
     histogram = (
@@ -128,6 +131,17 @@ def finish(
         100 * summary["share_removed"],
     )
     return summary
+
+
+def near_tests(config: DedupConfig, columns: pa.Table, vectors_of: Callable[[np.ndarray], np.ndarray]) -> NearTests:
+    """What makes a row a near-duplicate of a kept row, for the methods of ``config``."""
+    return NearTests(
+        sha256=exact.hash_codes(columns["sha256"]) if "exact" in config.methods else None,
+        phash=perceptual.phash_codes(columns["phash"]) if "perceptual" in config.methods else None,
+        phash_threshold=config.phash_threshold,
+        vectors_of=vectors_of if "semantic" in config.methods else None,
+        cosine_above=config.semantic("cpu").threshold,
+    )
 
 
 def semantic_pass(

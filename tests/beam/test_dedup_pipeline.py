@@ -28,7 +28,7 @@ PLACEHOLDERS = range(500, 540)  # 40 byte-identical copies of one image: exact a
 def embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """800 rows in 8 shards. exact: 10 = 11 = 12 and the 40 placeholders; perceptual: 20 ~ 21 (5 bits), a chain
     60 ~ 61 ~ 62 (4 bits a step), 70 and 71 with the same pHash but other bytes; semantic: 30 ~ 31 (cos 0.99),
-    32 (0.97 to 30); a chain 40 =exact= 41 ~perceptual~ 42 ~semantic~ 43."""
+    32 (0.97 to 30); a chain 40 =exact= 41 ~perceptual~ 42 ~semantic~ 43 (43 the widest image)."""
     rng = np.random.default_rng(0)
     image = blobs(N, 32, seed=1, centres=30)
     text = blobs(N, 32, seed=2, centres=30)
@@ -101,12 +101,13 @@ def test_all_methods_match_run_dedup(embed_dir: Path, tmp_path: Path) -> None:
         {10, 11, 12},
         {20, 21},
         {30, 31, 32},
-        {40, 41, 42, 43},
+        {40, 41},  # keep='resolution' keeps 43 (the widest); 42 is near it, 40 and 41 are not: no chaining
+        {42, 43},
         {60, 61, 62},
         {70, 71},
         placeholders,
     ]
-    assert got["removed"] == 2 + 1 + 2 + 3 + 2 + 1 + 39
+    assert got["removed"] == 2 + 1 + 2 + 1 + 1 + 2 + 1 + 39
     assert got["methods"]["exact"] == {"rows": 45, "removed": 2 + 1 + 39, "pairs": 3 + 1 + 780, "links": 2 + 1 + 39}
     assert got["methods"]["perceptual"]["pairs"] == 3 + 1 + 780 + 3 + 1 + (1 + 2)  # 40 = 41, both ~ 42
     assert got["semantic"]["exact_copies_skipped"] == 42 and got["semantic"]["pair_recall"] == 1.0

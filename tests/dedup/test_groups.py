@@ -1,5 +1,5 @@
-"""groups.py: transitive union across methods, ids that do not depend on link order, every keep policy with
-deterministic tie-breaks, similarity to the kept row."""
+"""groups.py: components across methods, split so that every removed row is near its kept row; ids that do
+not depend on link order; every keep policy with deterministic tie-breaks; similarity to the kept row."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from mmembed.config import ConfigError
 from mmembed.dedup.groups import (
+    NearTests,
     build_groups,
     choose_kept,
     keep_score,
@@ -17,6 +18,7 @@ from mmembed.dedup.groups import (
     method_names,
     similarity_to_kept,
     sort_rank,
+    split_chains,
 )
 from mmembed.dedup.links import Links, forest, links_from_labels
 
@@ -114,3 +116,41 @@ def test_forest_and_labels_keep_components() -> None:
     links = links_from_labels("exact", np.array([2, 1, 2, 2, 0]), np.array([10, 11, 12, 13, 14]))
     assert sorted(zip(links.left.tolist(), links.right.tolist(), strict=True)) == [(10, 12), (10, 13)]
     assert links.pairs == 3
+
+
+def test_split_chains_removes_a_row_only_for_its_own_similarity_to_the_kept_row() -> None:
+    """A ~ B and B ~ C (cosine 0.96 > 0.95) but A and C far apart (0.84): one component, two groups."""
+    angle = np.arccos(0.96)
+    vectors = np.zeros((5, 2), dtype=np.float32)
+    for row, turns in ((0, 0), (1, 1), (2, 2)):  # A, B, C along an arc, 0.96 between neighbours
+        vectors[row] = np.cos(turns * angle), np.sin(turns * angle)
+    vectors[3], vectors[4] = (0, -1), (-1, 0)  # unrelated
+    links = [Links("semantic", [0, 1], [1, 2])]
+    rank = np.arange(5)
+    components = build_groups(5, links, rank)
+    assert components.count == 1 and components.members.tolist() == [0, 1, 2]
+    near = NearTests(vectors_of=lambda rows: vectors[rows], cosine_above=0.95)
+
+    score = keep_score("first", rank=rank)  # A kept: B is near A and goes; C is near only B, so C stays
+    groups = split_chains(components, score, rank, near)
+    assert groups.group.tolist() == [0, 0, -1, -1, -1]
+    kept = choose_kept(groups, score, rank)
+    assert kept.tolist() == [0] and np.flatnonzero(~kept_mask(groups, kept)).tolist() == [1]
+    assert float(vectors[0] @ vectors[2]) < 0.95  # what the old transitive union would have removed
+
+    score = np.array([0.0, 1.0, 0.0, 0.0, 0.0])  # B kept: both neighbours are near it
+    groups = split_chains(components, score, rank, near)
+    assert groups.group.tolist() == [0, 0, 0, -1, -1]
+    assert method_names(int(groups.methods[0])) == ["semantic"]
+    assert choose_kept(groups, score, rank).tolist() == [1]
+
+
+def test_split_chains_by_hash_distance_to_the_kept_row() -> None:
+    """pHash chain 0 ~ 1 ~ 2, 4 bits a step, threshold 6: 2 is 8 bits from 0, so it is not 0's duplicate."""
+    phash = np.array([0, 0b1111, 0b11111111], dtype=np.uint64)
+    sha256 = np.array([0, 1, 2])
+    components = build_groups(3, [Links("perceptual", [0, 1], [1, 2])])
+    near = NearTests(sha256=sha256, phash=phash, phash_threshold=6)
+    rank = np.arange(3)
+    groups = split_chains(components, keep_score("first", rank=rank), rank, near)
+    assert groups.group.tolist() == [0, 0, -1]

@@ -50,7 +50,9 @@ def embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-GROUPS = [{10, 11, 12}, {20, 21}, {30, 31}, {40, 41, 42, 43}]
+# keep='similarity': 40 is kept for the chain; 41 (its exact copy) and 42 (3 bits from its pHash) are near it, 43
+# (near 42 only) is not: no chains through intermediates, so 43 stays.
+GROUPS = [{10, 11, 12}, {20, 21}, {30, 31}, {40, 41, 42}]
 
 
 def _groups(table) -> list[set[int]]:
@@ -62,31 +64,32 @@ def _groups(table) -> list[set[int]]:
 
 def test_all_methods_end_to_end(embed_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    summary = run_dedup(DedupConfig(str(embed_dir), str(out)))
+    summary = run_dedup(DedupConfig(str(embed_dir), str(out), keep="similarity"))
     duplicates = pq.read_table(out / DUPLICATES_FILE)
-    assert _groups(duplicates) == GROUPS  # the chain is one group: union is transitive across methods
+    assert _groups(duplicates) == GROUPS
     rows = {int(r["key"].rsplit("-", 1)[1]): r for r in duplicates.to_pylist()}
     assert rows[12]["kept"] and not rows[10]["kept"]  # keep='similarity': best image-text cosine
     assert [r for r in rows if rows[r]["kept"]] == [12, 20, 30, 40]  # ties -> smallest (shard, key)
-    assert rows[41]["methods"] == ["exact", "perceptual"] and rows[43]["methods"] == ["semantic"]
-    assert rows[42]["methods"] == ["perceptual", "semantic"] and rows[21]["methods"] == ["perceptual"]
+    # methods: those by which the row is near its kept row (an exact copy is near by every method)
+    assert rows[41]["methods"] == ["exact", "perceptual", "semantic"] and 43 not in rows
+    assert rows[42]["methods"] == ["perceptual"] and rows[21]["methods"] == ["perceptual"]
     assert rows[10]["similarity_to_kept"] == pytest.approx(1.0) and rows[41]["similarity_to_kept"] == pytest.approx(1)
     assert rows[31]["similarity_to_kept"] == pytest.approx(0.99, abs=1e-4)
 
     keep = pq.read_table(out / KEEP_FILE)
     kept_rows = {int(k.rsplit("-", 1)[1]) for k in keep.column("key").to_pylist()}
-    assert len(kept_rows) == keep.num_rows == N - 7
-    assert kept_rows == set(range(N)) - {10, 11, 21, 31, 41, 42, 43}
+    assert len(kept_rows) == keep.num_rows == N - 6
+    assert kept_rows == set(range(N)) - {10, 11, 21, 31, 41, 42}
     assert keep.column("shard").to_pylist()[0] == "shard-00000"
 
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert saved == json.loads(json.dumps(summary))
-    assert summary["samples"] == N and summary["groups"] == 4 and summary["duplicates"] == 11
-    assert summary["removed"] == 7 and summary["kept"] == N - 7 and summary["share_removed"] == round(7 / N, 6)
+    assert summary["samples"] == N and summary["groups"] == 4 and summary["duplicates"] == 10
+    assert summary["removed"] == 6 and summary["kept"] == N - 6 and summary["share_removed"] == round(6 / N, 6)
     methods = summary["methods"]
     assert methods["exact"] == {"rows": 5, "removed": 3, "pairs": 4, "links": 3}
     assert methods["perceptual"]["rows"] == 8 and methods["perceptual"]["pairs"] == 3 + 1 + 3
-    assert methods["semantic"]["rows"] == 4 and methods["semantic"]["pairs"] == 2
+    assert methods["semantic"]["rows"] == 7 and methods["semantic"]["pairs"] == 2  # 30, 31 and the exact copies
     semantic = summary["semantic"]
     assert semantic["threshold"] == 0.95 and semantic["exact_copies_skipped"] == 3 and semantic["clusters"] == 24
     assert semantic["pair_recall"] == 1.0 and semantic["recall_queries"] == N
@@ -104,9 +107,11 @@ def test_hash_methods_only_and_other_policies(embed_dir: Path, tmp_path: Path) -
     rows = {int(r["key"].rsplit("-", 1)[1]): r for r in duplicates.to_pylist()}
     assert rows[10]["kept"] and rows[12]["similarity_to_kept"] == pytest.approx(1.0)  # read back from Parquet
 
-    run_dedup(DedupConfig(str(embed_dir), str(tmp_path / "b"), keep="resolution", recall_queries=0))
-    rows = {int(r["key"].rsplit("-", 1)[1]): r for r in pq.read_table(tmp_path / "b" / DUPLICATES_FILE).to_pylist()}
-    assert rows[43]["kept"]  # the widest image
+    run_dedup(DedupConfig(str(embed_dir), str(tmp_path / "b"), recall_queries=0))  # the default: resolution
+    duplicates = pq.read_table(tmp_path / "b" / DUPLICATES_FILE)
+    rows = {int(r["key"].rsplit("-", 1)[1]): r for r in duplicates.to_pylist()}
+    assert rows[43]["kept"] and rows[42]["group_id"] == rows[43]["group_id"]  # the widest image keeps its near copy
+    assert rows[40]["kept"] and rows[41]["group_id"] == rows[40]["group_id"]  # 40 is not near 43: its own group
 
     summary = run_dedup(DedupConfig(str(embed_dir), str(tmp_path / "c"), keep="semdedup-easy", recall_queries=0))
     assert summary["groups"] == 4 and summary["semantic"]["pair_recall"] is None
