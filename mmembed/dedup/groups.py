@@ -112,31 +112,53 @@ class NearTests:
         return found
 
 
-def split_chains(groups: Groups, score: np.ndarray, rank: np.ndarray, near: NearTests) -> Groups:
+def split_chains(
+    groups: Groups, score: np.ndarray, rank: np.ndarray, near: NearTests, chunk_rows: int = 65_536
+) -> Groups:
     """Regroup each component so that every member is a near-duplicate of its group's kept row (the one
     ``choose_kept`` then picks: highest score, ties to the smallest (shard, key)); rows that are near no kept
-    row become kept rows of groups of their own, or no group at all."""
+    row become kept rows of groups of their own, or no group at all. Vectors are fetched for about
+    ``chunk_rows`` members at a time (one ``vectors_of`` call per chunk of whole components)."""
     rows = groups.members
     order = rows[np.lexsort((rank[rows], -np.asarray(score, dtype=np.float64)[rows], groups.group[rows]))]
     label = np.full(len(groups.group), -1, dtype=np.int64)
     methods = np.zeros(len(groups.group), dtype=np.uint8)
-    bounds = np.flatnonzero(np.diff(groups.group[order])) + 1
-    for component in np.split(order, bounds) if len(order) else []:
-        _split_component(component, near, label, methods)
+    components = np.split(order, np.flatnonzero(np.diff(groups.group[order])) + 1) if len(order) else []
+    for batch in _chunks(components, chunk_rows):
+        vectors = [None] * len(batch)
+        if near.vectors_of is not None:
+            unique, inverse = np.unique(np.concatenate(batch), return_inverse=True)
+            fetched = np.asarray(near.vectors_of(unique), dtype=np.float32)[inverse]
+            vectors = np.split(fetched, np.cumsum([len(c) for c in batch])[:-1])
+        for component, component_vectors in zip(batch, vectors, strict=True):
+            _split_component(component, component_vectors, near, label, methods)
     return _numbered(label, methods, rank)
 
 
-def _split_component(rows: np.ndarray, near: NearTests, label: np.ndarray, methods: np.ndarray) -> None:
-    """Greedy in keep order over one component's ``rows``: the first unplaced row is kept, the unplaced rows
-    near it join it; fills ``label`` (a group's label is its kept row) and ``methods`` for those rows."""
-    vectors = None
-    if near.vectors_of is not None:
-        unique, inverse = np.unique(rows, return_inverse=True)
-        vectors = np.asarray(near.vectors_of(unique), dtype=np.float32)[inverse]
+def _chunks(components: list[np.ndarray], chunk_rows: int) -> Iterable[list[np.ndarray]]:
+    """Consecutive components, about ``chunk_rows`` rows a list (a larger component alone)."""
+    batch: list[np.ndarray] = []
+    size = 0
+    for component in components:
+        if batch and size + len(component) > chunk_rows:
+            yield batch
+            batch, size = [], 0
+        batch.append(component)
+        size += len(component)
+    if batch:
+        yield batch
+
+
+def _split_component(
+    rows: np.ndarray, vectors: np.ndarray | None, near: NearTests, label: np.ndarray, methods: np.ndarray
+) -> None:
+    """Greedy in keep order over one component's ``rows`` (``vectors`` aligned with them, for semantic): the
+    first unplaced row is kept, the unplaced rows near it join it; fills ``label`` (a group's label is its
+    kept row) and ``methods`` for those rows."""
     position = np.arange(len(rows))
     while len(position) > 1:
         kept, others = position[0], position[1:]
-        found = near.against(rows[kept], rows[others], None if vectors is None else vectors[[kept, *others]])
+        found = near.against(rows[kept], rows[others], None if vectors is None else vectors[position])
         joined = others[found > 0]
         if len(joined):
             label[rows[[kept, *joined]]] = rows[kept]

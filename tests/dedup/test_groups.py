@@ -154,3 +154,24 @@ def test_split_chains_by_hash_distance_to_the_kept_row() -> None:
     rank = np.arange(3)
     groups = split_chains(components, keep_score("first", rank=rank), rank, near)
     assert groups.group.tolist() == [0, 0, -1]
+
+
+def test_split_chains_fetches_vectors_a_chunk_of_components_at_a_time() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[1::2] = vectors[0::2]  # rows 2i and 2i+1 identical: 20 components of two
+    links = [Links("semantic", np.arange(0, 40, 2), np.arange(1, 40, 2))]
+    rank = np.arange(40)
+    components, score = build_groups(40, links, rank), keep_score("first", rank=rank)
+    asked: list[list[int]] = []
+
+    def vectors_of(rows: np.ndarray) -> np.ndarray:
+        asked.append(rows.tolist())
+        return vectors[rows]
+
+    near = NearTests(vectors_of=vectors_of, cosine_above=0.95)
+    chunked = split_chains(components, score, rank, near, chunk_rows=6)
+    assert len(asked) == 7 and all(rows == sorted(rows) and len(rows) <= 6 for rows in asked)
+    np.testing.assert_array_equal(chunked.group, split_chains(components, score, rank, near).group)
+    assert chunked.count == 20
