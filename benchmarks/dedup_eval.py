@@ -501,7 +501,16 @@ def run_dedup_groups(folder: Path, methods: tuple[str, ...], eps: float, n: int)
 
     out = folder / ("out-" + "-".join(methods))
     summary = run_dedup(
-        DedupConfig(str(folder), str(out), methods=methods, keep="first", eps=eps, device="cpu", overwrite=True)
+        DedupConfig(
+            str(folder),
+            str(out),
+            methods=methods,
+            keep="first",
+            eps=eps,
+            device="cpu",
+            overwrite=True,
+            allow_random_weights=True,  # the quality report flags a random-init model's semantic figures itself
+        )
     )
     table = pq.read_table(out / DUPLICATES_FILE, columns=["key", "group_id"]).to_pydict()
     groups = np.full(n, -1, dtype=np.int64)
