@@ -239,7 +239,6 @@ class WriteShardOutputs(beam.DoFn):
         self.total_shards = total_shards
         self.settings = settings
         self.written = Metrics.counter(NAMESPACE, "shards_written")
-        self.rows_held = Metrics.distribution(NAMESPACE, "writer_rows_held")
         self.done = 0
 
     def start_bundle(self) -> None:
@@ -266,7 +265,6 @@ class WriteShardOutputs(beam.DoFn):
                 f"shard {end.shard}: {end.samples} samples were read but {received} reached the writer; "
                 "nothing was written for this shard"
             )
-        self.rows_held.update(len(embedded) + sum(len(c) for s in self.open.values() for c in s.chunks))
         outputs = ShardOutputs.for_shard(self.out, end.shard)
         schema = self.schema.with_metadata({**self.schema.metadata, **output_metadata(end.source, self.settings)})
         filesystem.write_atomic(outputs.embeddings, lambda f: pq.write_table(chunk_table(embedded, schema), f))

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def resolve_local_settings(config: EmbedJobConfig) -> EmbedJobConfig:
-    """On the local runner: fail fast when CUDA is requested but absent, pin 'auto' to what this machine has
-    (so the model handler knows to share one model copy per GPU) and give CPU inference the cores the decode
-    threads leave. Remote workers resolve these themselves."""
+    """On the local runner: fail fast when CUDA is requested but absent or the pretrained weights cannot be
+    fetched, pin 'auto' to what this machine has (so the model handler knows to share one model copy per GPU)
+    and give CPU inference the cores the decode threads leave. Remote workers resolve these themselves."""
     from mmembed.encoders.openclip import ensure_weights, resolve_device
 
     device = resolve_device(config.encoder.device)

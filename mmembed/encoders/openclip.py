@@ -61,6 +61,16 @@ def embedding_dim(config: EncoderConfig) -> int:
     return int(model_config(config)["embed_dim"])
 
 
+def pretrained_cfg(config: EncoderConfig) -> dict[str, Any]:
+    """open_clip's entry for the config's pretrained tag (download location, preprocessing); an unknown tag
+    is a ConfigError naming the model's known tags."""
+    found = open_clip.get_pretrained_cfg(config.model, config.pretrained)
+    if not found:
+        tags = open_clip.list_pretrained_tags_by_model(config.model)
+        raise ConfigError(f"model {config.model!r} has no pretrained tag {config.pretrained!r}; known tags: {tags}")
+    return found
+
+
 def resolve_preprocess_cfg(config: EncoderConfig) -> dict[str, Any]:
     """The image preprocessing open_clip will use for this model, resolved without loading weights.
 
@@ -71,11 +81,7 @@ def resolve_preprocess_cfg(config: EncoderConfig) -> dict[str, Any]:
     if config.model.startswith(LOCAL_DIR_PREFIX):
         cfg = merge_preprocess_dict(cfg, _local_dir_config(config.model).get("preprocess_cfg", {}))
     elif config.pretrained:
-        tag_cfg = open_clip.get_pretrained_cfg(config.model, config.pretrained)
-        if not tag_cfg:
-            tags = open_clip.list_pretrained_tags_by_model(config.model)
-            raise ConfigError(f"model {config.model!r} has no pretrained tag {config.pretrained!r}; known tags: {tags}")
-        cfg = merge_preprocess_dict(cfg, tag_cfg)
+        cfg = merge_preprocess_dict(cfg, pretrained_cfg(config))
     cfg["size"] = list(to_2tuple(model_config(config)["vision_cfg"].get("image_size", cfg["size"])))
     return _normalise_cfg(cfg)
 
@@ -251,10 +257,7 @@ def ensure_weights(config: EncoderConfig) -> None:
     if not config.pretrained:
         return
     register_bundled_configs()
-    cfg = open_clip.get_pretrained_cfg(config.model, config.pretrained)
-    if not cfg:
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(config.model)) or "none"
-        raise ConfigError(f"model {config.model} has no pretrained tag {config.pretrained!r}; its tags: {tags}")
+    cfg = pretrained_cfg(config)
     try:
         found = open_clip.pretrained.download_pretrained(cfg)
     except Exception as exc:  # noqa: BLE001 - offline, no cache, hub errors: all mean the same to the user
