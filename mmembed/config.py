@@ -77,12 +77,18 @@ class EncoderConfig:
             )
 
 
+# What a sample's caption is to the embed job: "required" (a sample without one is a no_caption error),
+# "optional" (a sample without one is embedded image-only), "none" (captions are not read; no text tower).
+CAPTION_MODES = ("required", "optional", "none")
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How tar members become a sample: which extensions hold the image, caption and metadata."""
 
     image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
     caption_key: str = "txt"
+    captions: str = "required"  # one of CAPTION_MODES
     metadata_key: str = "json"
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
     threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # decode/resize threads per worker
@@ -96,6 +102,8 @@ class DecodeConfig:
             raise ConfigError(f"decode threads must be >= 1, got {self.threads}")
         if not self.image_extensions:
             raise ConfigError("image_extensions must name at least one extension")
+        if self.captions not in CAPTION_MODES:
+            raise ConfigError(f"captions must be one of {', '.join(CAPTION_MODES)}, got {self.captions!r}")
 
 
 def default_cpu_inference_threads(decode_threads: int) -> int:

@@ -146,19 +146,23 @@ def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | Sampl
     """Decode one raw sample; the first member that fails names the error."""
     image_ext = next(ext for ext in config.image_extensions if ext in raw.members)
     image_member = f"{raw.key}.{image_ext}"
-    if config.caption_key not in raw.members:
+    read_caption = config.captions != "none" and config.caption_key in raw.members
+    if config.captions == "required" and not read_caption:
         return _error(
             raw,
             f"{raw.key}.{config.caption_key}",
             "no_caption",
-            f"sample has no caption member (.{config.caption_key}); fix: add one, or set the caption key",
+            f"sample has no caption member (.{config.caption_key}); fix: add one, set the caption key, or embed "
+            "image-only samples with --captions optional (or none)",
         )
     stage_member = image_member
     try:
         image_bytes = raw.members[image_ext]
         image = decode_image(image_bytes, config.max_image_pixels)
-        stage_member = f"{raw.key}.{config.caption_key}"
-        caption = decode_caption(raw.members[config.caption_key])
+        caption = None
+        if read_caption:
+            stage_member = f"{raw.key}.{config.caption_key}"
+            caption = decode_caption(raw.members[config.caption_key])
         metadata = None
         if config.metadata_key in raw.members:
             stage_member = f"{raw.key}.{config.metadata_key}"

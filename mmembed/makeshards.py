@@ -189,7 +189,13 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
     if missing:
         log.warning("%d image files not found, not written (first: %s)", len(missing), missing[0])
     if no_caption:
-        log.warning("%d samples have no caption; `mmembed embed` will record them as errors", no_caption)
+        log.warning(
+            "%d of %d samples have no caption: embed them with `mmembed embed --captions optional` (image-only "
+            "where a caption is missing) or `--captions none` (images only); the default, --captions required, "
+            "records each as a no_caption error",
+            no_caption,
+            written,
+        )
     paths = [str(out / (spec.file_pattern % i)) for i in range(shards)] if written else []
     return {"samples": written, "shards": paths, "no_caption": no_caption, "missing_images": missing}
 

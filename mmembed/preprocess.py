@@ -46,10 +46,11 @@ def prepare_sample(
     to_pixels: Callable[[Image.Image], np.ndarray],
     tokenize: Callable[[list[str]], np.ndarray],
 ) -> ModelInput | SampleError:
-    """Resize/crop the image and tokenize the caption on CPU, so the encoder gets small arrays."""
+    """Resize/crop the image and tokenize the caption on CPU, so the encoder gets small arrays; a sample
+    without a caption gets no tokens and is embedded image-only."""
     try:
         pixels = to_pixels(sample.image)
-        tokens = tokenize([sample.caption])[0]
+        tokens = tokenize([sample.caption])[0] if sample.caption is not None else None
         row = sample_row(sample)
     except Exception as exc:  # noqa: BLE001 - any failure here is recorded against this one sample
         return preprocess_error(sample, exc)

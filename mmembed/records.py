@@ -86,42 +86,52 @@ class ModelInput:
 
     row: dict[str, Any]  # key, shard, offset, caption, metadata, url, width, height, sha256, phash
     pixels: np.ndarray  # uint8, H x W x 3, already resized and cropped for the model
-    tokens: np.ndarray  # int64, context_length
+    tokens: np.ndarray | None  # int64, context_length; None: image only (no caption, or captions not embedded)
 
 
 @dataclass
 class EmbeddedSample:
-    """A finished row: the sample's fields plus its normalised embeddings and their cosine."""
+    """A finished row: the sample's fields plus its normalised embeddings and their cosine (None: image only)."""
 
     row: dict[str, Any]
     image_embedding: np.ndarray
-    text_embedding: np.ndarray
-    similarity: float
+    text_embedding: np.ndarray | None
+    similarity: float | None
 
 
 @dataclass
 class EmbeddedChunk:
-    """Finished rows of one shard: their fields plus row-aligned embeddings and cosines."""
+    """Finished rows of one shard: their fields plus row-aligned embeddings and cosines.
+
+    A row without a text vector (image-only sample) has ``has_text`` False, zeros in ``text_embeddings``
+    and 0 in ``similarity``; the writer stores both as null.
+    """
 
     shard: str
     rows: list[dict[str, Any]]
     image_embeddings: np.ndarray  # float32, N x dim, L2-normalised
-    text_embeddings: np.ndarray  # float32, N x dim, L2-normalised
+    text_embeddings: np.ndarray  # float32, N x dim, L2-normalised where has_text
     similarity: np.ndarray  # float32, N
+    has_text: np.ndarray  # bool, N
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @classmethod
     def per_shard(
-        cls, rows: Sequence[dict[str, Any]], image: np.ndarray, text: np.ndarray, similarity: np.ndarray
+        cls,
+        rows: Sequence[dict[str, Any]],
+        image: np.ndarray,
+        text: np.ndarray,
+        similarity: np.ndarray,
+        has_text: np.ndarray,
     ) -> list[EmbeddedChunk]:
         """One batch's row-aligned results -> one chunk per shard in it (shards in order of first row)."""
         by_shard: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
             by_shard.setdefault(row["shard"], []).append(i)
         return [
-            cls(shard, [rows[i] for i in index], image[index], text[index], similarity[index])
+            cls(shard, [rows[i] for i in index], image[index], text[index], similarity[index], has_text[index])
             for shard, index in by_shard.items()
         ]
 
@@ -130,7 +140,7 @@ class EmbeddedChunk:
         """All chunks of a shard (in any order) as one, rows sorted by their offset in the tar."""
         if not chunks:
             empty = np.zeros((0, 0), np.float32)
-            return cls(shard, [], empty, empty, np.zeros(0, np.float32))
+            return cls(shard, [], empty, empty, np.zeros(0, np.float32), np.zeros(0, bool))
         rows = [row for chunk in chunks for row in chunk.rows]
         order = np.argsort([row["offset"] for row in rows], kind="stable")
         return cls(
@@ -139,6 +149,7 @@ class EmbeddedChunk:
             np.concatenate([chunk.image_embeddings for chunk in chunks])[order],
             np.concatenate([chunk.text_embeddings for chunk in chunks])[order],
             np.concatenate([chunk.similarity for chunk in chunks])[order],
+            np.concatenate([chunk.has_text for chunk in chunks])[order],
         )
 
 

@@ -47,7 +47,13 @@ ERRORS_SCHEMA = pa.schema(
 
 
 def embeddings_schema(dim: int, dtype: str, provenance: dict[str, Any] | None = None) -> pa.Schema:
-    """One row per embedded sample; embeddings as fixed_size_list<dtype>[dim], L2-normalised."""
+    """One row per embedded sample; embeddings as fixed_size_list<dtype>[dim], L2-normalised.
+
+    An image-only sample (no caption with ``--captions optional``, every sample with ``--captions none``)
+    has a null ``similarity`` and an all-zero ``text_embedding``, never a null one: pyarrow (25) cannot read
+    back a Parquet fixed_size_list column that holds nulls ("Expected all lists to be of size=N"), and a
+    zero vector keeps positional readers aligned. ``text_present`` is the one test for it.
+    """
     vector = pa.list_(ARROW_DTYPES[dtype], dim)
     schema = pa.schema(
         [
@@ -62,8 +68,8 @@ def embeddings_schema(dim: int, dtype: str, provenance: dict[str, Any] | None = 
             pa.field("sha256", pa.string(), nullable=False),  # of the image member's bytes
             pa.field("phash", pa.binary(PHASH_BYTES), nullable=False),  # 64-bit perceptual hash (imagehash.phash)
             pa.field("image_embedding", vector, nullable=False),
-            pa.field("text_embedding", vector, nullable=False),
-            pa.field("similarity", pa.float32(), nullable=False),  # cosine(image, text)
+            pa.field("text_embedding", vector, nullable=False),  # zeros: image-only sample (see text_present)
+            pa.field("similarity", pa.float32()),  # cosine(image, text); null for an image-only sample
         ]
     )
     if provenance is not None:
@@ -97,34 +103,53 @@ def read_provenance(schema: pa.Schema) -> dict[str, Any] | None:
 
 
 def embeddings_table(samples: Sequence[EmbeddedSample], schema: pa.Schema) -> pa.Table:
-    """Per-sample rows -> a table of ``schema`` (in the given order)."""
+    """Per-sample rows -> a table of ``schema`` (in the given order); a None text vector is an image-only row."""
+    dim = schema.field("image_embedding").type.list_size
+    has_text = np.array([s.text_embedding is not None for s in samples], dtype=bool)
     return _table(
         [s.row for s in samples],
         [s.image_embedding for s in samples],
-        [s.text_embedding for s in samples],
-        [s.similarity for s in samples],
+        [s.text_embedding if s.text_embedding is not None else np.zeros(dim, np.float32) for s in samples],
+        [s.similarity if s.similarity is not None else 0.0 for s in samples],
+        has_text,
         schema,
     )
 
 
 def chunk_table(chunk: EmbeddedChunk, schema: pa.Schema) -> pa.Table:
     """A chunk's rows and embedding arrays -> a table of ``schema`` (in the chunk's order)."""
-    return _table(chunk.rows, chunk.image_embeddings, chunk.text_embeddings, chunk.similarity, schema)
+    return _table(chunk.rows, chunk.image_embeddings, chunk.text_embeddings, chunk.similarity, chunk.has_text, schema)
 
 
 def _table(
-    rows: Sequence[dict[str, Any]], image: Vectors, text: Vectors, similarity: Cosines, schema: pa.Schema
+    rows: Sequence[dict[str, Any]],
+    image: Vectors,
+    text: Vectors,
+    similarity: Cosines,
+    has_text: np.ndarray,
+    schema: pa.Schema,
 ) -> pa.Table:
-    """Row fields plus row-aligned embeddings and cosines -> a table of ``schema``, converted column-wise."""
+    """Row fields plus row-aligned embeddings and cosines -> a table of ``schema``, converted column-wise;
+    rows where ``has_text`` is False get a zero text vector and a null cosine (see ``embeddings_schema``)."""
     dim = schema.field("image_embedding").type.list_size
     value_type = schema.field("image_embedding").type.value_type
     np_dtype = np.float16 if value_type == pa.float16() else np.float32
+    has_text = np.asarray(has_text, dtype=bool)
     columns: dict[str, Any] = {name: [row[name] for row in rows] for name in ROW_FIELDS}
     for name, vectors in (("image_embedding", image), ("text_embedding", text)):
-        values = pa.array(np.asarray(vectors, dtype=np_dtype).reshape(-1), type=value_type)
-        columns[name] = pa.FixedSizeListArray.from_arrays(values, dim)
-    columns["similarity"] = pa.array(np.asarray(similarity, dtype=np.float32), type=pa.float32())
+        array = np.asarray(vectors, dtype=np_dtype).reshape(len(rows), dim)
+        if name == "text_embedding" and not has_text.all():
+            array = np.where(has_text[:, None], array, 0).astype(np_dtype)
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1), type=value_type), dim)
+    cosines = np.asarray(similarity, dtype=np.float32)
+    columns["similarity"] = pa.array(cosines, type=pa.float32(), mask=None if has_text.all() else ~has_text)
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def text_present(similarity: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which rows have a text vector (bool per row), from their ``similarity`` column: null marks an
+    image-only row, whose ``text_embedding`` is all zeros and must not be searched or compared."""
+    return ~np.asarray(similarity.is_null(), dtype=bool)
 
 
 def utf8_safe(text: str | None) -> str | None:

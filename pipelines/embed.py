@@ -13,6 +13,6 @@ from mmembed.embed.job import run
 __all__ = ["run"]
 
 if __name__ == "__main__":
-    from mmembed.cli import main
+    from mmembed.cli import entry
 
-    sys.exit(main(["embed", *sys.argv[1:]]))
+    entry(["embed", *sys.argv[1:]])

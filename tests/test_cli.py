@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -118,3 +121,28 @@ def test_make_shards_names_shards_after_their_source_and_never_overwrites(
 
     assert main(["make-shards", "--images", str(second), "--out", str(out), "--prefix", "garden-b"]) == 0
     assert (out / "garden-b-00000.tar").is_file()  # a prefix that extends another is not the other's shards
+
+
+def test_the_installed_entry_point_exits_with_the_commands_status_and_its_output(tmp_path: Path) -> None:
+    """``entry`` leaves through ``os._exit`` (past pyarrow's teardown abort): the status and every line of
+    output must still come through, as must an atexit handler's work."""
+    folder = photo_folder(tmp_path / "photos")
+    script = (
+        "import atexit, sys\n"
+        "from mmembed.cli import entry\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'atexit-ran')!r}, 'w').close())\n"
+        "entry(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env)
+
+    made = run("make-shards", "--images", str(folder), "--out", str(tmp_path / "shards"))
+    assert made.returncode == 0 and json.loads(made.stdout)["samples"] > 0, made.stderr
+    assert (tmp_path / "atexit-ran").exists()
+    again = run("make-shards", "--images", str(folder), "--out", str(tmp_path / "shards"))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    usage = run("make-shards", "--no-such-option")
+    assert usage.returncode == 2 and "the following arguments are required" in usage.stderr
+    assert run("--help").returncode == 0

@@ -184,18 +184,28 @@ class OpenClipModelHandler(ModelHandler[ShardRecord, WriterRecord, OpenClipEncod
         if not inputs:
             return []
         pixels = np.stack([item.pixels for item in inputs])
-        tokens = np.stack([item.tokens for item in inputs])
+        has_text = np.array([item.tokens is not None for item in inputs], dtype=bool)
         try:
-            image_emb, text_emb = model.embed(pixels, tokens)
+            image_emb = model.embed_pixels(pixels)
+            text_emb = np.zeros_like(image_emb)
+            if has_text.any():  # image-only samples (no caption, or --captions none) skip the text tower
+                text_emb[has_text] = model.embed_tokens(
+                    np.stack([item.tokens for item in inputs if item.tokens is not None])
+                )
         except Exception as exc:  # noqa: BLE001 - the batch's samples are recorded, the job goes on
             log.exception("the encoder failed on a batch of %d samples", len(inputs))
             return [_count_error(error) for error in encode_failed_errors(inputs, exc)]
         similarity = np.einsum("ij,ij->i", image_emb, text_emb)
         Metrics.counter(NAMESPACE, "embedded").inc(len(inputs))
-        return list(EmbeddedChunk.per_shard([item.row for item in inputs], image_emb, text_emb, similarity))
+        rows = [item.row for item in inputs]
+        return list(EmbeddedChunk.per_shard(rows, image_emb, text_emb, similarity, has_text))
 
     def get_num_bytes(self, batch: Sequence[ShardRecord]) -> int:
-        return sum(item.pixels.nbytes + item.tokens.nbytes for item in batch if isinstance(item, ModelInput))
+        return sum(
+            item.pixels.nbytes + (0 if item.tokens is None else item.tokens.nbytes)
+            for item in batch
+            if isinstance(item, ModelInput)
+        )
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE

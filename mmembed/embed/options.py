@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmembed.config import (
+    CAPTION_MODES,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     DEVICES,
@@ -46,6 +47,14 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-threads", type=int, help="decode/resize threads per worker (default: min(4, cores))")
     parser.add_argument("--output-dtype", default="float32", choices=OUTPUT_DTYPES)
     parser.add_argument("--caption-key", default="txt", help="tar member extension that holds the caption")
+    parser.add_argument(
+        "--captions",
+        default="required",
+        choices=CAPTION_MODES,
+        help="required: a sample without a caption is a no_caption error; optional: embed it image-only (null "
+        "caption, text embedding and similarity); none: ignore captions, run the image tower only "
+        "(default: required)",
+    )
     parser.add_argument("--max-image-pixels", type=int, default=DecodeConfig.max_image_pixels)
     parser.add_argument("--overwrite", action="store_true", help="redo shards whose outputs already exist")
 
@@ -70,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
         ),
         decode=DecodeConfig(
             caption_key=args.caption_key,
+            captions=args.captions,
             max_image_pixels=args.max_image_pixels,
             **({"threads": args.decode_threads} if args.decode_threads else {}),
         ),

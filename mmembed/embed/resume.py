@@ -28,6 +28,8 @@ SETTINGS_KEY = b"mmembed.settings"  # the job settings that decide which samples
 RETRIED_SHARD_ERRORS = ("unreadable_shard", "shard_failed")
 # Provenance fields compared on resume: what puts vectors in one space, and the stored dtype.
 RESUME_PROVENANCE_KEYS = (*IDENTITY_KEYS, "dtype")
+# Settings added after outputs began to record theirs: what an output without the entry was made with.
+SETTINGS_BEFORE_THEY_WERE_RECORDED = {"captions": "required"}
 OVERWRITE_FIX = "Nothing was changed. Fix: re-run with --overwrite to redo every shard, or pass another --out."
 
 
@@ -39,6 +41,7 @@ def job_settings(decode: DecodeConfig) -> dict[str, Any]:
     """The decode settings that decide which samples a shard's outputs hold and what their rows say."""
     return {
         "caption_key": decode.caption_key,
+        "captions": decode.captions,
         "metadata_key": decode.metadata_key,
         "image_extensions": list(decode.image_extensions),
         "max_image_pixels": decode.max_image_pixels,
@@ -101,7 +104,10 @@ def first_difference(
     expected = source.fingerprint()
     pairs = [(f"source {name}", record.source.get(name), expected[name]) for name in ("url", "size", "mtime")]
     pairs += [(name, record.provenance.get(name), provenance.get(name)) for name in RESUME_PROVENANCE_KEYS]
-    pairs += [(name.replace("_", " "), record.settings.get(name), value) for name, value in settings.items()]
+    pairs += [
+        (name.replace("_", " "), record.settings.get(name, SETTINGS_BEFORE_THEY_WERE_RECORDED.get(name)), value)
+        for name, value in settings.items()
+    ]
     for name, was, now in pairs:
         if was != now:
             return f"{name} {_show(was)}, but this run has {_show(now)}"

@@ -3,12 +3,15 @@ samples, and a shard's chunks become the same table, sorted by offset, as per-sa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mmembed.records import EmbeddedChunk, EmbeddedSample
-from mmembed.schema import chunk_table, embeddings_schema, embeddings_table
+from mmembed.schema import chunk_table, embeddings_schema, embeddings_table, text_present
 
 
 def row(shard: str, offset: int) -> dict:
@@ -26,23 +29,26 @@ def row(shard: str, offset: int) -> dict:
     }
 
 
-def batch_results(rows: list[dict], dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batch_results(rows: list[dict], dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded image and text vectors, cosines, and which rows have a text vector (about half do not)."""
     rng = np.random.default_rng(seed)
     image, text = rng.normal(size=(2, len(rows), dim)).astype(np.float32)
-    return image, text, rng.random(len(rows), dtype=np.float32)
+    has_text = rng.random(len(rows)) > 0.5
+    text[~has_text] = 0
+    return image, text, np.where(has_text, rng.random(len(rows), dtype=np.float32), 0), has_text
 
 
 def test_a_batch_splits_into_one_chunk_per_shard_keeping_every_sample() -> None:
     rows = [row("a", 0), row("a", 10), row("b", 0), row("a", 20), row("c", 5), row("b", 7)]  # shards interleaved
-    image, text, similarity = batch_results(rows, 3, 0)
-    chunks = EmbeddedChunk.per_shard(rows, image, text, similarity)
+    image, text, similarity, has_text = batch_results(rows, 3, 0)
+    chunks = EmbeddedChunk.per_shard(rows, image, text, similarity, has_text)
     assert [(c.shard, [r["offset"] for r in c.rows]) for c in chunks] == [("a", [0, 10, 20]), ("b", [0, 7]), ("c", [5])]
     for chunk in chunks:
         assert {r["shard"] for r in chunk.rows} == {chunk.shard}  # a chunk never mixes shards
         for i, r in enumerate(chunk.rows):  # every row keeps its own vectors
             at = rows.index(r)
             assert (chunk.image_embeddings[i] == image[at]).all() and (chunk.text_embeddings[i] == text[at]).all()
-            assert chunk.similarity[i] == similarity[at]
+            assert chunk.similarity[i] == similarity[at] and chunk.has_text[i] == has_text[at]
     assert sum(len(c) for c in chunks) == len(rows)
 
 
@@ -51,18 +57,33 @@ def test_joined_chunks_equal_per_sample_rows_sorted_by_offset(dtype: str) -> Non
     schema = embeddings_schema(4, dtype, {"model": "m"})
     chunks = [
         EmbeddedChunk.per_shard(rows, *batch_results(rows, 4, seed))[0]
-        for seed, rows in enumerate([[row("s", 700), row("s", 100)], [row("s", 300)], [row("s", o) for o in (50, 900)]])
+        for seed, rows in enumerate(
+            [[row("s", 700), row("s", 100)], [row("s", 300)], [row("s", o) for o in (50, 900)]], 3
+        )
     ]
     joined = EmbeddedChunk.join("s", chunks)
     assert [r["offset"] for r in joined.rows] == [50, 100, 300, 700, 900]
     samples = [
         EmbeddedSample(r, chunk.image_embeddings[i], chunk.text_embeddings[i], float(chunk.similarity[i]))
+        if chunk.has_text[i]
+        else EmbeddedSample(r, chunk.image_embeddings[i], None, None)
         for chunk in chunks
         for i, r in enumerate(chunk.rows)
     ]
+    assert 0 < sum(s.similarity is None for s in samples) < len(samples)  # both kinds of row
     expected = embeddings_table(sorted(samples, key=lambda s: s.row["offset"]), schema)
     table = chunk_table(joined, schema)
     assert table.schema.equals(schema, check_metadata=True) and table.equals(expected)
+
+
+def test_image_only_rows_read_back_from_parquet_as_zero_text_and_null_similarity(tmp_path: Path) -> None:
+    rows = [row("s", offset) for offset in range(0, 90, 10)]
+    chunk = EmbeddedChunk.per_shard(rows, *batch_results(rows, 4, 3))[0]
+    pq.write_table(chunk_table(chunk, embeddings_schema(4, "float32", {"model": "m"})), tmp_path / "s.parquet")
+    table = pq.read_table(tmp_path / "s.parquet")  # a null fixed_size_list slot would not read back (pyarrow 25)
+    assert text_present(table.column("similarity")).tolist() == chunk.has_text.tolist()
+    text = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))
+    assert (text[~chunk.has_text] == 0).all() and (text[chunk.has_text] == chunk.text_embeddings[chunk.has_text]).all()
 
 
 def test_a_shard_without_rows_is_an_empty_table_of_the_schema() -> None:

@@ -102,8 +102,10 @@ def test_batches_count_model_inputs_only_and_pass_other_records_on_in_order(tiny
 class DeviceAssert:
     """An encoder whose every call fails, like a GPU after a device-side assert."""
 
-    def embed(self, pixels: Any, tokens: Any) -> Any:
+    def embed_pixels(self, pixels: Any) -> Any:
         raise RuntimeError("CUDA error: device-side assert triggered")
+
+    embed_tokens = embed_pixels
 
 
 class FailsOnKey(OpenClipModelHandler):

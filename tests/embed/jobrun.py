@@ -28,10 +28,10 @@ report, configs, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 pid = os.fork()
 if pid == 0:
     import open_clip
-    from mmembed.cli import main
+    from mmembed.cli import entry
     if configs != "-":
         open_clip.add_model_config(configs)
-    raise SystemExit(main(["embed", *args]))
+    entry(["embed", *args])
 with open(report + ".pid", "w") as f:
     f.write(str(pid))
 _, status, usage = os.wait4(pid, 0)
