@@ -88,7 +88,6 @@ import torch
 import webdataset as wds
 from PIL import Image, ImageOps
 
-from mmembed.beam.filesystem import list_shards
 from mmembed.config import (
     DEVICES,
     PRECISIONS,
@@ -109,7 +108,7 @@ from mmembed.encoders.openclip import (
 )
 from mmembed.makeshards import ShardSpec, SourceSample, write_shards
 from mmembed.photos import PHOTOS, load_photo
-from mmembed.shards import shard_name
+from mmembed.shards import list_shards, shard_name
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TARGET_RATIO = 0.9  # the Beam job should reach at least 90% of the plain loop's throughput on CPU

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from webdataset import ShardWriter
 
+from mmembed import storage
 from mmembed.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,13 +62,19 @@ class ShardSpec:
         """The shard file name pattern with the prefix, e.g. ``photos-%05d.tar``."""
         return f"{self.prefix}-{self.pattern}" if self.prefix else self.pattern
 
-    def existing(self) -> list[Path]:
+    def existing(self) -> list[str]:
         """Files in ``out`` named as this spec names shards (``photos-00012.tar``; not ``photos-b-00000.tar``)."""
         field = _NUMBER_FIELD.search(self.file_pattern)
         head, tail = self.file_pattern[: field.start()], self.file_pattern[field.end() :]
-        name = re.compile(re.escape(head.replace("%%", "%")) + r"\d+" + re.escape(tail.replace("%%", "%")))
-        folder = Path(self.out)
-        return sorted(p for p in folder.iterdir() if p.is_file() and name.fullmatch(p.name)) if folder.is_dir() else []
+        head, tail = head.replace("%%", "%"), tail.replace("%%", "%")
+        name = re.compile(re.escape(head) + r"\d+" + re.escape(tail))
+        candidates = storage.glob(storage.join(self.out, f"{glob_escape(head)}*{glob_escape(tail)}"))
+        return [url for url in candidates if name.fullmatch(posixpath.basename(url))]
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob characters matched literally (``[*]``)."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def source_prefix(source: Path | str) -> str:
@@ -155,20 +164,26 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
     Shards already in ``spec.out`` under the names this would write are refused (nothing is written), or
     with ``spec.overwrite`` removed first, so no stale shard of an earlier run stays beside the new ones.
     """
-    out = Path(spec.out)
+    out = spec.out
     existing = spec.existing()
     if existing and not spec.overwrite:
         raise ConfigError(
             f"{existing[0]} already exists ({len(existing)} shard(s) named {spec.file_pattern} in {out}); "
             "nothing was written. Fix: pass --overwrite to replace them, or another --prefix or --out"
         )
-    for path in existing:
-        path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    storage.delete(existing)
     written, no_caption, missing = 0, 0, []
-    with ShardWriter(
-        str(out / spec.file_pattern), maxcount=spec.samples_per_shard, verbose=0, encoder=False, mtime=0
-    ) as sink:
+    with (
+        storage.staging_dir(out) as staging,
+        ShardWriter(
+            os.path.join(staging, spec.file_pattern),
+            maxcount=spec.samples_per_shard,
+            verbose=0,
+            encoder=False,
+            mtime=0,
+            post=lambda local: storage.publish(local, storage.join(out, os.path.basename(local))),
+        ) as sink,
+    ):
         for sample in samples:
             if sample.image_bytes is None and not sample.image_path.is_file():
                 missing.append(str(sample.image_path))
@@ -196,7 +211,7 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
             no_caption,
             written,
         )
-    paths = [str(out / (spec.file_pattern % i)) for i in range(shards)] if written else []
+    paths = [storage.join(out, spec.file_pattern % i) for i in range(shards)] if written else []
     return {"samples": written, "shards": paths, "no_caption": no_caption, "missing_images": missing}
 
 

@@ -7,6 +7,7 @@ instead of exceptions, so the rest of the shard is still processed.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import tarfile
@@ -16,7 +17,8 @@ from typing import IO
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
-from mmembed.records import STAGE_READ, STAGE_SHARD, RawSample, SampleError
+from mmembed import storage
+from mmembed.records import STAGE_READ, STAGE_SHARD, RawSample, SampleError, ShardSource
 from mmembed.schema import utf8_safe
 
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -33,6 +35,42 @@ def expand_braces(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
         for url in braceexpand(pattern):
             seen.setdefault(url, None)
     return list(seen)
+
+
+def list_shards(patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """Expand brace patterns and globs (local, ``s3://``, ``gs://``) into shard URLs, sorted within each pattern.
+
+    A glob that matches nothing is an error; a plain path is kept even if missing, so the job records it
+    as a failed shard instead of forgetting it. Local paths come back absolute.
+    """
+    urls: dict[str, None] = {}
+    for pattern in expand_braces(list(patterns)):
+        if storage.has_glob(pattern):
+            matched = storage.glob(pattern)
+            if not matched:
+                raise FileNotFoundError(f"shard pattern {pattern!r} matched no files; check the path and quoting")
+            for url in matched:
+                urls.setdefault(url, None)
+        else:
+            urls.setdefault(os.path.abspath(pattern) if storage.is_local(pattern) else pattern, None)
+    result = list(urls)
+    check_unique_names(result)
+    return result
+
+
+def stat_shards(urls: list[str]) -> list[ShardSource]:
+    """Each shard URL with its size and modification time, as the storage reports them now.
+
+    A shard that cannot be looked up keeps size and time None; the job then records why it cannot be read.
+    """
+    sources = []
+    for url in urls:
+        try:
+            found = storage.info(url)
+        except OSError:  # an unlistable shard is reported by the reader, with its cause
+            found = None
+        sources.append(ShardSource(url) if found is None else ShardSource(url, found.size, found.mtime))
+    return sources
 
 
 def shard_name(url: str) -> str:

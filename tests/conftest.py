@@ -61,3 +61,23 @@ def demo_shards(demo_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def tiny_config() -> EncoderConfig:
     """The bundled tiny OpenCLIP config with seeded random weights, on CPU."""
     return TINY
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-protocol server (moto) on loopback for the session; the AWS environment variables point
+    every client at it (fsspec/s3fs, boto3, Beam, child processes)."""
+    from tests.objectstore import CREDENTIALS, s3_server
+
+    with s3_server() as endpoint, pytest.MonkeyPatch.context() as env:
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
+            env.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A new empty bucket on the test S3 server, as ``s3://name``."""
+    from tests.objectstore import create_bucket
+
+    return create_bucket()

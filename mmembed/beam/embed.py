@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from mmembed import storage
 from mmembed.config import DecodeConfig, EncoderConfig
 from mmembed.decode import decode_sample
 from mmembed.embed.resume import output_metadata
@@ -47,7 +48,6 @@ from mmembed.records import (
 from mmembed.schema import chunk_table, errors_table
 from mmembed.shards import iter_shard_samples, shard_name, unreadable_shard_error
 
-from . import filesystem
 from .metrics import job_counters
 from .runner import make_pipeline
 
@@ -125,7 +125,7 @@ class ReadAndPrepareShard(beam.DoFn):
 
     def _records(self, source: ShardSource, shard: str) -> Iterator[ModelInput | SampleError]:
         try:
-            stream = filesystem.open_read(source.url)
+            stream = storage.open_read(source.url)
         except Exception as exc:  # noqa: BLE001 - a missing or unreadable shard is recorded, not fatal
             yield unreadable_shard_error(source.url, exc)
             return
@@ -277,8 +277,8 @@ class WriteShardOutputs(beam.DoFn):
             )
         outputs = ShardOutputs.for_shard(self.out, end.shard)
         schema = self.schema.with_metadata({**self.schema.metadata, **output_metadata(end.source, self.settings)})
-        filesystem.write_atomic(outputs.embeddings, lambda f: pq.write_table(chunk_table(embedded, schema), f))
-        filesystem.write_atomic(outputs.errors, lambda f: pq.write_table(errors_table(errors), f))
+        storage.write_atomic(outputs.embeddings, lambda f: pq.write_table(chunk_table(embedded, schema), f))
+        storage.write_atomic(outputs.errors, lambda f: pq.write_table(errors_table(errors), f))
         self.written.inc()
         self.done += 1
         log.info(

@@ -9,13 +9,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from mmembed.beam import filesystem
+from mmembed import storage
 from mmembed.config import EmbedJobConfig, default_cpu_inference_threads
 from mmembed.embed.options import add_embed_arguments, config_from_args
 from mmembed.embed.resume import job_settings, plan_resume, read_shard_outputs
 from mmembed.embed.summary import exit_status, first_error_reasons, report, summarize
 from mmembed.outputs import EMBEDDINGS_DIR, ERRORS_DIR, SUMMARY_FILE, join
-from mmembed.shards import shard_name
+from mmembed.shards import list_shards, shard_name, stat_shards
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
 
     started = time.monotonic()
     beam_args = beam_args or []
-    sources = filesystem.stat_shards(filesystem.list_shards(config.shards))
+    sources = stat_shards(list_shards(config.shards))
     if test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args):
         config = resolve_local_settings(config)
-    filesystem.check_writable(config.out)
+    storage.check_writable(config.out)
     prov = full_provenance(provenance(config.encoder), config.output_dtype)
     settings = job_settings(config.decode)
     plan = plan_resume(config.out, sources, prov, settings, config.overwrite)  # may refuse: nothing changed yet
-    removed = sum(filesystem.remove_temporaries(join(config.out, d)) for d in (EMBEDDINGS_DIR, ERRORS_DIR))
+    removed = sum(storage.remove_temporaries(join(config.out, d)) for d in (EMBEDDINGS_DIR, ERRORS_DIR))
     if removed:
         log.info("removed %d temporary file(s) a killed run left in %s", removed, config.out)
     log.info("%d shards, %d to embed, %d already complete", len(sources), len(plan.todo), len(plan.done))
@@ -70,7 +70,7 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
     summary["beam_counters"] = counters
     summary["first_errors"] = first_error_reasons(config.out, counts)
     summary["provenance"] = prov
-    filesystem.write_atomic(join(config.out, SUMMARY_FILE), lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    storage.write_atomic(join(config.out, SUMMARY_FILE), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     return summary
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mmembed.beam import filesystem
+from mmembed import storage
 from mmembed.config import ConfigError, DecodeConfig
 from mmembed.embed.summary import ShardCounts
 from mmembed.outputs import ShardOutputs
@@ -71,10 +71,10 @@ def read_shard_outputs(out: str, shard: str) -> ShardRecord:
     outputs = ShardOutputs.for_shard(out, shard)
     path = outputs.embeddings
     try:
-        with filesystem.open_read(path) as f:
+        with storage.open_read(path) as f:
             meta = pq.ParquetFile(f).metadata
         path = outputs.errors
-        with filesystem.open_read(path) as f:
+        with storage.open_read(path) as f:
             errors = pq.read_table(f, columns=["key", "code"]).to_pylist()
     except Exception as exc:  # noqa: BLE001 - whatever the reader raised, the file is not usable
         raise ResumeRefused(
@@ -138,7 +138,7 @@ def plan_resume(
     for source in sources:
         shard = shard_name(source.url)
         outputs = ShardOutputs.for_shard(out, shard)
-        if not (filesystem.exists(outputs.errors) and filesystem.exists(outputs.embeddings)):
+        if not (storage.exists(outputs.errors) and storage.exists(outputs.embeddings)):
             plan.todo.append(source)
             continue
         record = read_shard_outputs(out, shard)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mmembed.beam import filesystem
+from mmembed import storage
 from mmembed.outputs import ShardOutputs
 
 EXIT_OK = 0  # every shard was read to its end (sample-level errors allowed)
@@ -84,7 +84,7 @@ def first_error_reasons(out: str, counts: list[ShardCounts], limit: int = SHOWN_
     for c in with_errors:
         if len(shard_level) >= limit or (not c.shard_errors and len(shard_level) + len(sample_level) >= limit):
             break
-        with filesystem.open_read(ShardOutputs.for_shard(out, c.shard).errors) as f:
+        with storage.open_read(ShardOutputs.for_shard(out, c.shard).errors) as f:
             rows = pq.read_table(f, columns=["key", "reason"]).to_pylist()
         shard_level += [r["reason"] for r in rows if r["key"] is None]
         sample_level += [r["reason"] for r in rows if r["key"] is not None]

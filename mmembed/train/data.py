@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from webdataset.filters import shuffle as webdataset_shuffle
 
-from mmembed.beam import filesystem
+from mmembed import storage
 from mmembed.config import DecodeConfig
 from mmembed.decode import decode_sample
 from mmembed.parallel import map_ordered
@@ -42,7 +42,7 @@ def iter_raw_samples(urls: list[str], image_extensions: tuple[str, ...]) -> Iter
     """Every sample of every shard in the given order, streamed; an unreadable shard becomes one error."""
     for url in urls:
         try:
-            stream = filesystem.open_read(url)
+            stream = storage.open_read(url)
         except Exception as exc:  # noqa: BLE001 - a missing shard is recorded, the rest still trains
             yield unreadable_shard_error(url, exc)
             continue

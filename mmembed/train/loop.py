@@ -24,7 +24,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip_train.scheduler import cosine_lr
 
-from mmembed.beam import filesystem
+from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.encoders.openclip import (
     CaptionTokenizer,
@@ -38,6 +38,7 @@ from mmembed.encoders.openclip import (
 )
 from mmembed.records import SampleError
 from mmembed.schema import errors_table
+from mmembed.shards import list_shards
 from mmembed.train.checkpoint import (
     RunState,
     load_checkpoint,
@@ -121,7 +122,7 @@ class Trainer:
         if self.device == "cpu" and config.init.torch_threads:
             torch.set_num_threads(config.init.torch_threads)
         self.files.prepare(resume=config.resume, overwrite=config.overwrite)
-        self.urls = filesystem.list_shards(config.shards)
+        self.urls = list_shards(config.shards)
         samples = count_samples(self.urls, config.decode.image_extensions)
         steps_per_epoch = samples // config.batch_size
         if steps_per_epoch == 0:
@@ -264,7 +265,7 @@ class Trainer:
         if epoch_end and self.config.keep_epoch_checkpoints:
             shutil.copyfile(self.files.latest, self.files.epoch_checkpoint(self.state.epoch))
         self.saved_step = self.state.step
-        filesystem.write_atomic(str(self.files.errors), lambda f: pq.write_table(errors_table(self.errors), f))
+        storage.write_atomic(str(self.files.errors), lambda f: pq.write_table(errors_table(self.errors), f))
         plot_loss(read_metrics(self.files.metrics), self.files.loss_plot, f"{self.config.init.model} training loss")
 
     def _summary(self, started: float, first_step: int, recent: deque[float]) -> dict[str, Any]:

@@ -40,8 +40,8 @@ TEMP_NAME = re.compile(r"^\.\d{5}\.parquet\.tmp-[0-9a-f]{32}$")  # write_atomic'
 # kill lands while a temporary file is half done.
 SLOW_EMBED = """
 import sys, time
-from mmembed.beam import filesystem
-real_write_atomic = filesystem.write_atomic
+from mmembed import storage
+real_write_atomic = storage.write_atomic
 
 def slow_write_atomic(url, write):
     def write_slowly(f):
@@ -50,7 +50,7 @@ def slow_write_atomic(url, write):
         time.sleep(0.4)
     real_write_atomic(url, write_slowly)
 
-filesystem.write_atomic = slow_write_atomic
+storage.write_atomic = slow_write_atomic
 from pipelines.embed import run
 sys.exit(run(sys.argv[1:]))
 """
