@@ -3,6 +3,10 @@
 Directions: ``target="image"`` searches the image index (text -> image, image -> image);
 ``target="text"`` searches the text index (image -> text, text -> text). Queries are encoded with
 the model recorded in the index's provenance, so they live in the same embedding space.
+
+Image-only samples (embedded without a caption) are found by ``target="image"`` like any other, with a None
+caption; ``target="text"`` never returns them, and fails before encoding anything when the index has no
+text vectors at all (embedded with ``--captions none``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class Searcher:
 
     def search_text(self, queries: str | Sequence[str], k: int = 10, target: str = "image") -> list[list[SearchHit]]:
         """Text queries -> for each, the k best images (or captions with ``target='text'``)."""
+        self._check_target(target)
         texts = [queries] if isinstance(queries, str) else list(queries)
         return self.search_vectors(self.encoder.encode_texts(texts), k, target)
 
@@ -76,6 +81,7 @@ class Searcher:
         text_weight: float = 0.0,
     ) -> list[list[SearchHit]]:
         """Image queries (paths or bytes); with ``text``, a composed query weighted by ``text_weight``."""
+        self._check_target(target)
         items = [images] if isinstance(images, str | Path | bytes) else list(images)
         data = [item if isinstance(item, bytes) else Path(item).read_bytes() for item in items]
         names = [f"upload {i}" if isinstance(item, bytes) else str(item) for i, item in enumerate(items)]
@@ -85,9 +91,9 @@ class Searcher:
         return self.search_vectors(vectors, k, target)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, target: str = "image") -> list[list[SearchHit]]:
-        """Already-encoded, L2-normalised query vectors -> ranked hits with metadata."""
-        if target not in TARGETS:
-            raise ConfigError(f"target {target!r} is not one of {TARGETS}")
+        """Already-encoded, L2-normalised query vectors -> ranked hits with metadata (caption None for an
+        image-only sample)."""
+        self._check_target(target)
         if not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
         scores, row_ids = self.index.search(vectors, k, target)
@@ -114,3 +120,10 @@ class Searcher:
                 )
             results.append(hits)
         return results
+
+    def _check_target(self, target: str) -> None:
+        """A ConfigError for an unknown target, or one this index cannot search (no text vectors), raised
+        before a query is encoded."""
+        if target not in TARGETS:
+            raise ConfigError(f"target {target!r} is not one of {TARGETS}")
+        self.index.index_for(target)

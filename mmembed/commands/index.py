@@ -59,7 +59,8 @@ def index(args: argparse.Namespace, extra: list[str]) -> int:
             infos = build_sharded(replace(sharded, index=config), beam_runner(extra))
         else:
             infos = build_index(config)
-    print_json({k: infos[k] for k in ("count", "dim", "index_key", "build_seconds", "peak_memory_bytes") if k in infos})
+    keys = ("count", "text_rows", "text_index_skipped", "dim", "index_key", "build_seconds", "peak_memory_bytes")
+    print_json({k: infos[k] for k in keys if k in infos})
     return 0
 
 
@@ -86,8 +87,12 @@ def eval_index(args: argparse.Namespace, extra: list[str]) -> int:
     if args.json:
         print_json(result)
     else:
-        rows = [{"direction": d, **m} for d, m in result.items() if isinstance(m, dict)]
+        measured = {d: m for d, m in result.items() if isinstance(m, dict) and m.get("available", True)}
+        rows = [{"direction": d, **m} for d, m in measured.items()]
         columns = ["direction", "recall@1", "recall@10", "recall@100", "queries", "queries_per_second"]
         print(f"{result['index_key']} over {result['count']} vectors")
         print(format_table(rows, columns))
+        for direction, metrics in result.items():
+            if isinstance(metrics, dict) and direction not in measured:
+                print(f"{direction}: not available ({metrics['reason']})")
     return 0

@@ -23,7 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--image", action="append", help="query image file (repeatable)")
     search.add_argument("--text-weight", type=float, default=0.3, help="weight of --text in a composed query")
     search.add_argument("--queries-file", help="text queries, one per line, searched in one batch")
-    search.add_argument("--target", default="image", choices=TARGETS, help="search images (default) or captions")
+    search.add_argument(
+        "--target",
+        default="image",
+        choices=TARGETS,
+        help="search images (default; image-only samples included) or captions (samples that have one)",
+    )
     search.add_argument("--model", help="override the recorded query model (checked against the index)")
     search.add_argument("--pretrained", help="with --model: its pretrained tag")
     search.add_argument("--checkpoint", help="local checkpoint of the recorded model (if moved)")

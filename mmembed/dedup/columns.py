@@ -24,5 +24,5 @@ def read_columns(files: EmbeddingFiles, columns: tuple[str, ...] = DEDUP_COLUMNS
 
 
 def numeric(table: pa.Table, column: str, dtype: type = np.float64) -> np.ndarray:
-    """One numeric column as a numpy array."""
+    """One numeric column as a numpy array; nulls (an image-only sample's similarity) read as NaN."""
     return table.column(column).to_numpy().astype(dtype, copy=False)

@@ -61,7 +61,7 @@ class DedupConfig:
     methods: any of 'exact' (same sha256 of the image bytes), 'perceptual' (pHash within ``phash_threshold``
     bits), 'semantic' (SemDeDup: image-embedding cosine > 1 - ``eps`` inside k-means clusters).
     keep: which member of a group survives: 'resolution' (most pixels, the default), 'similarity' (best
-    image-text cosine),
+    image-text cosine; an image-only sample, whose similarity is null, ranks below every captioned one),
     'first' (smallest (shard, key)), 'semdedup-hard' / 'semdedup-easy' (farthest from / closest to its
     cluster centroid; needs 'semantic'). Ties go to the smallest (shard, key).
     n_clusters: k-means clusters, None for ~sqrt(rows); clusters above ``max_cluster_size`` are split again.

@@ -177,7 +177,11 @@ def keep_score(
     centroid_similarity: np.ndarray | None = None,
 ) -> np.ndarray:
     """Higher is kept. similarity: image-text cosine; resolution: pixels; first: smallest (shard, key);
-    semdedup-hard / -easy: farthest from / closest to its cluster centroid (SemDeDup's 'hard' keeps outliers)."""
+    semdedup-hard / -easy: farthest from / closest to its cluster centroid (SemDeDup's 'hard' keeps outliers).
+
+    A missing value (NaN: an image-only sample's null similarity, a row without a centroid cosine) ranks
+    lowest, below every real one: a captioned copy is kept over an image-only one, and among rows that all
+    lack it the tie-break (smallest (shard, key)) decides."""
     if policy not in KEEP_POLICIES:
         raise ConfigError(f"keep policy {policy!r} is not one of {KEEP_POLICIES}")
     columns = {
@@ -194,7 +198,8 @@ def keep_score(
     if policy == "first":
         return -np.asarray(rank, dtype=np.float64)
     sign = -1.0 if policy == "semdedup-hard" else 1.0
-    return sign * np.asarray(columns[0], dtype=np.float64)
+    score = sign * np.asarray(columns[0], dtype=np.float64)
+    return np.where(np.isnan(score), -np.inf, score)
 
 
 def choose_kept(groups: Groups, score: np.ndarray, rank: np.ndarray) -> np.ndarray:

@@ -104,10 +104,16 @@ def finish(
     count = files.count
     rank = sort_rank(columns["shard"], columns["key"])
     components = build_groups(count, links, rank)
+    image_text = numeric(columns, "similarity")  # NaN: image-only sample
+    if config.keep == "similarity" and count and np.isnan(image_text).all():
+        log.warning(
+            "keep=similarity: no row has an image-text similarity (embedded without captions), so each group "
+            "keeps its smallest (shard, key); --keep resolution ranks image-only data by pixels"
+        )
     score = keep_score(
         config.keep,
         rank=rank,
-        similarity=numeric(columns, "similarity"),
+        similarity=image_text,
         width=numeric(columns, "width"),
         height=numeric(columns, "height"),
         centroid_similarity=sem.centroid_similarity if sem else np.full(count, np.nan, dtype=np.float32),

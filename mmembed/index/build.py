@@ -35,7 +35,8 @@ def new_index(key: str, dim: int) -> faiss.Index:
 
 
 def train(index: faiss.Index, sample: np.ndarray, device: str = "cpu") -> None:
-    """Train on a sample; on GPU the IVF k-means runs on a GPU flat index (index stays a CPU index)."""
+    """Train on a sample; on GPU the IVF k-means runs on a GPU flat index (index stays a CPU index). A sample
+    faiss cannot train on (fewer vectors than centroids) is a ConfigError saying how many it had."""
     if index.is_trained:
         return
     if device == "cuda":
@@ -46,7 +47,11 @@ def train(index: faiss.Index, sample: np.ndarray, device: str = "cpu") -> None:
         if ivf is not None:
             ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
             log.info("IVF k-means (%d lists) on GPU", ivf.nlist)
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    try:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"faiss cannot train this index on {len(sample):,} vectors ({reason})") from exc
 
 
 def add_batches(index: faiss.Index, batches: Iterable[np.ndarray]) -> int:

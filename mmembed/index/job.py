@@ -7,10 +7,10 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -23,12 +23,15 @@ from mmembed.index.evaluate import evaluate_index, exact_search, sample_rows
 from mmembed.index.reader import (
     VECTOR_COLUMNS,
     EmbeddingFiles,
+    VectorBatch,
     gather_rows,
     iter_ids,
     iter_vectors,
     open_embeddings,
     open_files,
+    vector_rows,
 )
+from mmembed.index.selection import NO_TEXT, modality_filter
 from mmembed.index.store import (
     FORMAT_VERSION,
     IDS_FILE,
@@ -36,6 +39,7 @@ from mmembed.index.store import (
     prepare_dir,
     read_index,
     read_infos,
+    read_text_mask,
     write_ids,
     write_index,
     write_infos,
@@ -45,23 +49,27 @@ from mmembed.schema import IDENTITY_KEYS
 
 log = logging.getLogger(__name__)
 EVAL_KS = (1, 10, 100)
+T = TypeVar("T")
 
 
 def build_index(config: IndexBuildConfig) -> dict[str, Any]:
-    """Choose, train, fill, tune and save both indexes plus ids.parquet; returns (and writes) infos.json."""
+    """Choose, train, fill, tune and save both indexes plus ids.parquet; returns (and writes) infos.json.
+
+    The text index covers the rows with a text vector (``text_rows``; see ``mmembed.index.selection``): it is
+    trained and tuned on them only, and left out (``text_index_skipped`` says why) when there are none or too
+    few to train the chosen index.
+    """
     began = time.perf_counter()
     device = resolve_device(config.device)
     files = open_embeddings(config.embeddings_dir)
     out = prepare_dir(config.out_dir, config.overwrite)
     choice = _choice(config, files)
     log.info("indexing %d vectors of dim %d as %s (%s)", files.count, files.dim, choice.key, choice.reason)
-    train_rows = sample_rows(files.count, min(files.count, config.max_train_vectors), config.seed)
-    query_rows = sample_rows(files.count, min(files.count, config.tune_queries), config.seed + 1, exclude=train_rows)
     write_ids(out / IDS_FILE, iter_ids(files, config.batch_size))
-    indexes = {
-        modality: _build_one(config, files, modality, choice.key, train_rows, query_rows, device, out)
-        for modality in VECTOR_COLUMNS
-    }
+    has_text = read_text_mask(out / IDS_FILE)
+    indexes, skipped = for_each_index(
+        has_text, lambda modality: _build_one(config, files, modality, choice.key, has_text, device, out)
+    )
     infos = {
         "format_version": FORMAT_VERSION,
         "metric": "inner_product",
@@ -82,24 +90,36 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
         "peak_memory_bytes": peak_memory_bytes(),
         "created_at": _now(),
         "appends": [],
+        **text_infos(has_text, skipped),
     }
     write_infos(out, infos)
     return infos
 
 
 def append(index_dir: str | Path, new_files: Sequence[str], batch_size: int = 65_536) -> dict[str, Any]:
-    """Add new embeddings files to a built index without retraining; row ids continue after the old ones."""
+    """Add new embeddings files to a built index without retraining; row ids continue after the old ones.
+
+    New image-only rows get the zero placeholder in the text index (never returned); an index built without a
+    text index refuses files that hold text vectors, which only a rebuild can index.
+    """
     folder = Path(index_dir)
     infos = read_infos(folder)
     files = open_files(list(new_files))
     _check_same_model(infos, files, folder)
+    new_text = len(vector_rows(files, VECTOR_COLUMNS["text"], batch_size))
+    if new_text and "text" not in infos["indexes"]:
+        raise ConfigError(
+            f"cannot append {', '.join(files.paths)} to {folder}: they hold {new_text:,} text vectors but the index "
+            f"has no text index ({infos.get('text_index_skipped', NO_TEXT)}); fix: rebuild it over all embeddings "
+            f"(mmembed index --embeddings DIR --out {folder} --overwrite)"
+        )
     start = infos["count"]
     temps = {}
-    for modality, column in VECTOR_COLUMNS.items():
+    for modality in infos["indexes"]:
         index = read_index(folder / INDEX_FILES[modality], mmap=False)  # mapped lists are read-only
         if index.ntotal != start:
             raise ConfigError(f"{folder / INDEX_FILES[modality]}: {index.ntotal} vectors, infos.json says {start}")
-        add_batches(index, (b.vectors for b in iter_vectors(files, column, batch_size)))
+        add_batches(index, (b.vectors for b in iter_vectors(files, VECTOR_COLUMNS[modality], batch_size)))
         temps[modality] = _write_temp(index, folder / INDEX_FILES[modality])
     write_ids(
         folder / f"{IDS_FILE}.new",
@@ -111,11 +131,53 @@ def append(index_dir: str | Path, new_files: Sequence[str], batch_size: int = 65
         os.replace(tmp, folder / INDEX_FILES[modality])
     os.replace(folder / f"{IDS_FILE}.new", folder / IDS_FILE)
     infos["count"] = start + files.count
+    infos["text_rows"] = infos.get("text_rows", start) + new_text
     infos["sources"]["files"] += _sources(files)
-    infos["appends"].append({"rows": files.count, "first_row_id": start, "files": list(files.paths), "at": _now()})
+    infos["appends"].append(
+        {"rows": files.count, "text_rows": new_text, "first_row_id": start, "files": list(files.paths), "at": _now()}
+    )
     write_infos(folder, infos)
     log.info("appended %d vectors (row ids %d..%d) to %s", files.count, start, infos["count"] - 1, folder)
     return infos
+
+
+def for_each_index(has_text: np.ndarray, build: Callable[[str], T]) -> tuple[dict[str, T], str | None]:
+    """``build(modality)`` for the image index, then the text index unless no row has a text vector; a
+    ConfigError from the text one (faiss could not train the image index's key on the fewer text vectors)
+    leaves it out too. Returns what was built and why there is no text index (None when there is one)."""
+    if not has_text.any():
+        log.warning("no text index: %s", NO_TEXT)
+        return {"image": build("image")}, NO_TEXT
+    built = {"image": build("image")}
+    try:
+        built["text"] = build("text")
+    except ConfigError as exc:
+        if has_text.all():  # the same rows trained the image index: not a matter of too few text vectors
+            raise
+        reason = (
+            f"only {int(has_text.sum()):,} of {len(has_text):,} rows have text vectors, too few to train the "
+            f"index key the image index uses: {exc}; to search them, build with --family flat or hnsw (no training)"
+        )
+        log.warning("no text index: %s", reason)
+        return built, reason
+    return built, None
+
+
+def text_infos(has_text: np.ndarray, skipped: str | None) -> dict[str, Any]:
+    """infos.json's record of the text rows: how many rows hold a text vector, and why there is no text index."""
+    return {"text_rows": int(has_text.sum()), **({"text_index_skipped": skipped} if skipped else {})}
+
+
+def sample_plan(
+    config: IndexBuildConfig, count: int, has_text: np.ndarray, modality: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded training rows and held-out tuning-query rows of one modality's index, drawn from the rows
+    that hold its vectors (all rows for images, as before image-only samples existed)."""
+    within = None if modality == "image" or has_text.all() else np.flatnonzero(has_text)
+    n = count if within is None else len(within)
+    train_rows = sample_rows(count, min(n, config.max_train_vectors), config.seed, within=within)
+    query_rows = sample_rows(count, min(n, config.tune_queries), config.seed + 1, exclude=train_rows, within=within)
+    return train_rows, query_rows
 
 
 def peak_memory_bytes() -> int:
@@ -139,13 +201,16 @@ def _build_one(
     files: EmbeddingFiles,
     modality: str,
     key: str,
-    train_rows: np.ndarray,
-    query_rows: np.ndarray,
+    has_text: np.ndarray,
     device: str,
     out: Path,
 ) -> dict[str, Any]:
-    """Train, add (computing exact neighbours of the held-out queries in the same pass), tune, evaluate, save."""
+    """Train, add (computing exact neighbours of the held-out queries in the same pass), tune, evaluate, save;
+    every row is added (row ids stay positional), searches and truth cover the rows that hold a vector."""
     column = VECTOR_COLUMNS[modality]
+    train_rows, query_rows = sample_plan(config, files.count, has_text, modality)
+    allowed = modality_filter(modality, has_text)
+    searchable = files.count if allowed is None else allowed.count
     index = new_index(key, files.dim)
     began = time.perf_counter()
     needs_training = not index.is_trained
@@ -153,17 +218,18 @@ def _build_one(
         train(index, gather_rows(files, column, train_rows, config.batch_size), device)
     trained = time.perf_counter()
     queries = gather_rows(files, column, query_rows, config.batch_size)
-    batches = (b.vectors for b in iter_vectors(files, column, config.batch_size))
-    truth = exact_search(queries, _adding(index, batches), min(max(EVAL_KS), files.count), device)
+    batches = _adding(index, iter_vectors(files, column, config.batch_size))
+    truth = exact_search(queries, batches, min(max(EVAL_KS), searchable), device)
     added = time.perf_counter()
-    tuned = tune(index, queries, truth, config.recall_target)
-    metrics = evaluate_index(index, queries, truth, EVAL_KS)
+    tuned = tune(index, queries, truth, config.recall_target, allowed)
+    metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
     path = out / INDEX_FILES[modality]
     write_index(index, path)
     log.info("%s: %s, params %r, %s", path.name, key, tuned.params, metrics)
     return {
         "file": path.name,
         "column": column,
+        "searchable_rows": searchable,
         "search_params": tuned.params,
         "recall_target": config.recall_target,
         "recall_target_met": tuned.target_met,
@@ -178,11 +244,11 @@ def _build_one(
     }
 
 
-def _adding(index: faiss.Index, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+def _adding(index: faiss.Index, batches: Iterable[VectorBatch]) -> Iterator[VectorBatch]:
     """Add each batch to ``index`` and pass it on, so exact search reads the same data in the same pass."""
-    for block in batches:
-        add_batches(index, [block])
-        yield block
+    for batch in batches:
+        add_batches(index, [batch.vectors])
+        yield batch
 
 
 def _check_same_model(infos: dict[str, Any], files: EmbeddingFiles, folder: Path) -> None:

@@ -1,4 +1,9 @@
-"""Open a built index dir for search: both indexes with their tuned parameters, plus the row-id table."""
+"""Open a built index dir for search: both indexes with their tuned parameters, plus the row-id table.
+
+A text index searches only the rows that hold a text vector (``ids.parquet``'s ``has_text``; see
+``mmembed.index.selection``); an index dir without one (no text vectors) refuses text-index searches with the
+reason recorded at build time.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmembed.config import ConfigError
-from mmembed.index.store import IDS_FILE, INDEX_FILES, read_index, read_infos
+from mmembed.index.selection import NO_TEXT, RowFilter, modality_filter, search
+from mmembed.index.store import IDS_FILE, INDEX_FILES, read_index, read_infos, read_text_mask
 from mmembed.index.tune import apply_params
 from mmembed.schema import warn_if_random_weights
 
 
 class SearchIndex:
-    """One modality's faiss index with its tuned search parameters applied."""
+    """One modality's faiss index with its tuned search parameters applied; ``allowed`` limits what a search
+    may return (the text index: rows with a text vector; None: every row)."""
 
-    def __init__(self, index: faiss.Index, params: str, modality: str):
+    def __init__(self, index: faiss.Index, params: str, modality: str, allowed: RowFilter | None = None):
         self.index = index
         self.params = params
         self.modality = modality
+        self.allowed = allowed
         apply_params(index, params)
 
     @property
@@ -34,11 +42,12 @@ class SearchIndex:
         queries = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if queries.shape[1] != self.index.d:
             raise ValueError(f"{self.modality} index expects {self.index.d}-d queries, got {queries.shape[1]}-d")
-        return self.index.search(queries, k)
+        return search(self.index, queries, k, self.allowed)
 
 
 class IndexSet:
-    """An index dir opened for search: ``image`` and ``text`` SearchIndexes, ``infos``, and id lookup."""
+    """An index dir opened for search: ``image`` and ``text`` SearchIndexes (no ``text`` when the embeddings
+    hold no text vectors), ``infos``, and id lookup."""
 
     def __init__(self, index_dir: Path, infos: dict[str, Any], indexes: dict[str, SearchIndex]):
         self.index_dir = index_dir
@@ -52,11 +61,23 @@ class IndexSet:
 
     @property
     def text(self) -> SearchIndex:
-        return self.indexes["text"]
+        return self.index_for("text")
+
+    @property
+    def text_unavailable(self) -> str | None:
+        """Why this dir has no text index (recorded at build time), or None when it has one."""
+        return None if "text" in self.indexes else self.infos.get("text_index_skipped", NO_TEXT)
+
+    def index_for(self, modality: str) -> SearchIndex:
+        """The ``modality`` index; a ConfigError saying why when the dir has none (no text vectors)."""
+        if modality not in self.indexes:
+            reason = self.text_unavailable if modality == "text" else "not built"
+            raise ConfigError(f"index {self.index_dir} has no {modality} index: {reason}")
+        return self.indexes[modality]
 
     def search(self, vectors: np.ndarray, k: int, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
         """Search the ``modality`` index (image vectors for text->image and image->image, text for ->text)."""
-        return self.indexes[modality].search(vectors, k)
+        return self.index_for(modality).search(vectors, k)
 
     def lookup(self, row_ids: np.ndarray) -> pa.Table:
         """Rows of ids.parquet (row_id, key, shard, offset, caption, url) for ``row_ids`` in order; -1 dropped."""
@@ -70,14 +91,17 @@ def load_index(index_dir: str | Path, mmap: bool = True) -> IndexSet:
     """Open an index dir (IVF lists memory-mapped by default) and check indexes, ids and infos agree."""
     folder = Path(index_dir)
     infos = read_infos(folder)
-    indexes = {}
-    for modality, name in INDEX_FILES.items():
-        index = read_index(folder / name, mmap=mmap)
-        if index.ntotal != infos["count"]:
-            raise ConfigError(f"{folder / name}: {index.ntotal} vectors but infos.json says {infos['count']}; rebuild")
-        indexes[modality] = SearchIndex(index, infos["indexes"][modality]["search_params"], modality)
     id_rows = pq.ParquetFile(folder / IDS_FILE).metadata.num_rows
     if id_rows != infos["count"]:
         raise ConfigError(f"{folder / IDS_FILE}: {id_rows} rows but infos.json says {infos['count']}; rebuild")
+    has_text = read_text_mask(folder / IDS_FILE)
+    indexes = {}
+    for modality in infos["indexes"]:
+        name = INDEX_FILES[modality]
+        index = read_index(folder / name, mmap=mmap)
+        if index.ntotal != infos["count"]:
+            raise ConfigError(f"{folder / name}: {index.ntotal} vectors but infos.json says {infos['count']}; rebuild")
+        params = infos["indexes"][modality]["search_params"]
+        indexes[modality] = SearchIndex(index, params, modality, modality_filter(modality, has_text))
     warn_if_random_weights(infos["provenance"], f"index {folder}")
     return IndexSet(folder, infos, indexes)

@@ -1,4 +1,9 @@
-"""Read an embed job's ``embeddings/*.parquet``: check one provenance, count rows, stream vectors in batches."""
+"""Read an embed job's ``embeddings/*.parquet``: check one provenance, count rows, stream vectors in batches.
+
+Image-only samples (embedded with ``--captions optional`` or ``none``) hold an all-zero ``text_embedding``
+and a null ``similarity`` (``mmembed.schema.text_present`` tells them apart); their rows keep their place, so
+row ids stay positional in every column, and readers report which rows hold a text vector (``present``).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,12 @@ import pyarrow.parquet as pq
 
 from mmembed.config import ConfigError
 from mmembed.outputs import EMBEDDINGS_DIR
-from mmembed.schema import IDENTITY_KEYS, read_provenance, warn_if_random_weights
+from mmembed.schema import IDENTITY_KEYS, read_provenance, text_present, warn_if_random_weights
 
 VECTOR_COLUMNS = {"image": "image_embedding", "text": "text_embedding"}
 ID_COLUMNS = ("key", "shard", "offset", "caption", "url")
+# A vector column that some rows lack -> the column whose nulls mark those rows (read with ``text_present``).
+PRESENCE_COLUMNS = {"text_embedding": "similarity"}
 
 
 class EmbeddingsReadError(ValueError):
@@ -40,11 +47,16 @@ class EmbeddingFiles:
 
 @dataclass(frozen=True)
 class VectorBatch:
-    """Rows ``start .. start + len(vectors)`` (global row ids) as float32 vectors, with id columns if asked."""
+    """Rows ``start .. start + len(vectors)`` (global row ids) as float32 vectors, with id columns if asked.
+
+    ``present`` marks the rows that hold a vector of the column (a row without one reads as zeros); None when
+    every row of the batch does.
+    """
 
     start: int
     vectors: np.ndarray
     ids: pa.Table | None = None
+    present: np.ndarray | None = None
 
 
 def list_embedding_files(embed_dir: str) -> list[str]:
@@ -95,9 +107,11 @@ def open_files(paths: Sequence[str]) -> EmbeddingFiles:
 def iter_vectors(
     files: EmbeddingFiles, column: str, batch_size: int = 65_536, with_ids: bool = False
 ) -> Iterator[VectorBatch]:
-    """Stream one vector column (float32, C-contiguous) in bounded batches, in global row-id order."""
+    """Stream one vector column (float32, C-contiguous) in bounded batches, in global row-id order, with
+    each batch's ``present`` rows for a column that some rows lack (``PRESENCE_COLUMNS``)."""
     start = 0
-    columns = [column, *ID_COLUMNS] if with_ids else [column]
+    flag = PRESENCE_COLUMNS.get(column)
+    columns = [column, *([flag] if flag else []), *(ID_COLUMNS if with_ids else ())]
     for path, rows in zip(files.paths, files.counts, strict=True):
         if rows == 0:
             continue
@@ -105,7 +119,10 @@ def iter_vectors(
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
                 vectors = _to_numpy(batch.column(column), files.dim)
                 ids = pa.Table.from_batches([batch.select(list(ID_COLUMNS))]) if with_ids else None
-                yield VectorBatch(start, vectors, ids)
+                present = text_present(batch.column(flag)) if flag else None
+                if present is not None and present.all():
+                    present = None
+                yield VectorBatch(start, vectors, ids, present)
                 start += len(vectors)
         except (OSError, pa.ArrowException) as exc:
             raise read_error(path, exc) from exc
@@ -129,8 +146,22 @@ def iter_columns(files: EmbeddingFiles, columns: Sequence[str], batch_size: int 
 
 
 def iter_ids(files: EmbeddingFiles, batch_size: int = 65_536) -> Iterator[pa.Table]:
-    """Stream the id columns (key, shard, offset, caption, url) in global row-id order."""
-    return iter_columns(files, ID_COLUMNS, batch_size)
+    """Stream the id columns (key, shard, offset, caption, url) plus ``has_text`` (the row holds a text
+    vector) in global row-id order."""
+    flag = PRESENCE_COLUMNS[VECTOR_COLUMNS["text"]]
+    for table in iter_columns(files, (*ID_COLUMNS, flag), batch_size):
+        has_text = pa.array(text_present(table.column(flag)), type=pa.bool_())
+        yield table.drop_columns([flag]).append_column("has_text", has_text)
+
+
+def vector_rows(files: EmbeddingFiles, column: str, batch_size: int = 65_536) -> np.ndarray:
+    """The sorted global row ids that hold a vector of ``column`` (every row for the image column); reads only
+    the small presence column, so samples can be drawn from these rows before any vector is read."""
+    flag = PRESENCE_COLUMNS.get(column)
+    if flag is None:
+        return np.arange(files.count, dtype=np.int64)
+    present = [text_present(table.column(flag)) for table in iter_columns(files, (flag,), batch_size)]
+    return np.flatnonzero(np.concatenate([np.zeros(0, dtype=bool), *present])).astype(np.int64)
 
 
 def gather_rows(files: EmbeddingFiles, column: str, row_ids: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
@@ -161,8 +192,15 @@ def _footer(path: str) -> tuple[pa.Schema, int]:
 
 
 def _to_numpy(array: pa.Array, dim: int) -> np.ndarray:
-    values = array.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
+    """A fixed_size_list column -> one float32 row per slot (C-contiguous). It reads the child values in the
+    array's window, not ``flatten()``, which skips null slots and would shift every later row onto the wrong
+    row id; a null slot reads as zeros."""
+    values = array.values.slice(array.offset * dim, len(array) * dim).to_numpy(zero_copy_only=False)
+    vectors = np.ascontiguousarray(values.reshape(len(array), dim), dtype=np.float32)
+    if array.null_count:
+        vectors = vectors.copy() if not vectors.flags.writeable else vectors
+        vectors[~np.asarray(array.is_valid(), dtype=bool)] = 0
+    return vectors
 
 
 def read_error(path: str, exc: Exception) -> EmbeddingsReadError:

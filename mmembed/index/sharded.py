@@ -4,7 +4,8 @@
 ``build_sharded(config, run_parts)`` does it all; ``run_parts(job, parts)`` must call ``add_part(job, part)``
 for every part (Beam runs them in parallel in ``pipelines/build_index.py``; the default is a plain loop).
 Training and the tuning queries use the same seeded samples as ``build_index``, so on the same data both
-builds train identical indexes and hold the same vectors under the same row ids.
+builds train identical indexes and hold the same vectors under the same row ids; image-only rows are handled
+the same way too (zero placeholders in the text index, never returned: ``mmembed.index.selection``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from mmembed.config import ConfigError
 from mmembed.index.build import new_index, resolve_device, train
 from mmembed.index.choose import IndexChoice, choose_index, estimate_memory
 from mmembed.index.config import IndexBuildConfig
-from mmembed.index.evaluate import evaluate_index, sample_rows
-from mmembed.index.job import EVAL_KS, peak_memory_bytes
+from mmembed.index.evaluate import batch_neighbours, evaluate_index
+from mmembed.index.job import EVAL_KS, for_each_index, peak_memory_bytes, sample_plan, text_infos
 from mmembed.index.reader import VECTOR_COLUMNS, EmbeddingFiles, gather_rows, iter_ids, iter_vectors, open_embeddings
+from mmembed.index.selection import modality_filter
 from mmembed.index.store import (
     FORMAT_VERSION,
     IDS_FILE,
@@ -37,6 +39,7 @@ from mmembed.index.store import (
     atomic_path,
     prepare_dir,
     read_index,
+    read_text_mask,
     write_ids,
     write_index,
     write_infos,
@@ -85,12 +88,14 @@ class Part:
 
 @dataclass(frozen=True)
 class PartJob:
-    """What every part needs besides its own files: the work dir, vector dim, read batch size, truth depth."""
+    """What every part needs besides its own files: the work dir, vector dim, read batch size, truth depth, and
+    the modalities whose trained indexes it fills (no text index when the embeddings hold no text vectors)."""
 
     work_dir: str
     dim: int
     batch_size: int
     truth_k: int
+    modalities: tuple[str, ...] = tuple(VECTOR_COLUMNS)
 
 
 def trained_path(work_dir: str | Path, modality: str) -> Path:
@@ -108,7 +113,7 @@ def part_paths(work_dir: str | Path, part_id: int, modality: str) -> tuple[Path,
 
 
 def part_done(job: PartJob, part: Part) -> bool:
-    return all(p.is_file() for m in VECTOR_COLUMNS for p in part_paths(job.work_dir, part.part_id, m))
+    return all(p.is_file() for m in job.modalities for p in part_paths(job.work_dir, part.part_id, m))
 
 
 def plan_parts(files: EmbeddingFiles, files_per_part: int) -> list[Part]:
@@ -170,10 +175,12 @@ def add_with_ids(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> No
 
 def add_part(job: PartJob, part: Part) -> dict[str, int]:
     """Add one part's vectors (ids = global row ids) to a copy of each trained index, and find the exact top-k
-    of the tuning queries among them; writes ``part-<id>-<modality>.index`` / ``.truth.npz`` atomically."""
+    of the tuning queries among the rows that hold a vector; writes ``part-<id>-<modality>.index`` /
+    ``.truth.npz`` atomically."""
     files = EmbeddingFiles(part.paths, part.counts, job.dim, {})
     added = {}
-    for modality, column in VECTOR_COLUMNS.items():
+    for modality in job.modalities:
+        column = VECTOR_COLUMNS[modality]
         index_file, truth_file = part_paths(job.work_dir, part.part_id, modality)
         if index_file.is_file() and truth_file.is_file():  # done by an earlier (crashed or retried) attempt
             continue
@@ -183,10 +190,9 @@ def add_part(job: PartJob, part: Part) -> dict[str, int]:
         for batch in iter_vectors(files, column, job.batch_size):
             first = part.start + batch.start
             add_with_ids(index, batch.vectors, np.arange(first, first + len(batch.vectors), dtype=np.int64))
-            scores, ids = faiss.knn(
-                queries, batch.vectors, min(job.truth_k, len(batch.vectors)), faiss.METRIC_INNER_PRODUCT
-            )
-            heap.add_result(scores, np.where(ids >= 0, ids + first, -1))
+            found = batch_neighbours(queries, batch, job.truth_k, first)
+            if found is not None:
+                heap.add_result(*found)
         heap.finalize()
         with atomic_path(truth_file) as tmp, open(tmp, "wb") as f:
             np.savez(f, scores=heap.D, ids=heap.I)
@@ -256,10 +262,12 @@ def build_sharded(
     device = resolve_device(cfg.device)
     files = open_embeddings(cfg.embeddings_dir)
     out = prepare_dir(cfg.out_dir, cfg.overwrite)
-    plan = _prepare(config, files, device)
-    job = PartJob(str(config.work_dir), files.dim, cfg.batch_size, min(max(EVAL_KS), files.count))
-    parts = plan_parts(files, config.files_per_part)
     write_ids(out / IDS_FILE, iter_ids(files, cfg.batch_size))
+    has_text = read_text_mask(out / IDS_FILE)
+    plan = _prepare(config, files, device, has_text)
+    modalities = tuple(plan["modalities"])
+    job = PartJob(str(config.work_dir), files.dim, cfg.batch_size, min(max(EVAL_KS), files.count), modalities)
+    parts = plan_parts(files, config.files_per_part)
     todo = [p for p in parts if not part_done(job, p)]
     log.info("%d parts of <= %d files, %d to add", len(parts), config.files_per_part, len(todo))
     added = time.perf_counter()
@@ -269,7 +277,7 @@ def build_sharded(
     if missing:
         raise RuntimeError(f"parts {missing} have no output in {job.work_dir} after the add step; re-run to resume")
     add_seconds = time.perf_counter() - added
-    indexes = {m: _merge_one(config, job, parts, m, plan, add_seconds) for m in VECTOR_COLUMNS}
+    indexes = {m: _merge_one(config, job, parts, m, plan, add_seconds, has_text) for m in modalities}
     infos = {
         "format_version": FORMAT_VERSION,
         "metric": "inner_product",
@@ -296,15 +304,17 @@ def build_sharded(
         "peak_memory_bytes": peak_memory_bytes(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "appends": [],
+        **text_infos(has_text, plan.get("text_index_skipped")),
     }
     write_infos(out, infos)
     shutil.rmtree(config.work_dir, ignore_errors=True)
     return infos
 
 
-def _prepare(config: ShardedBuildConfig, files: EmbeddingFiles, device: str) -> dict[str, Any]:
-    """Choose the key, train both trained_<modality>.index and save the tuning queries, unless a work dir
-    with the same plan already holds them; the plan file is written last, so it marks them complete."""
+def _prepare(config: ShardedBuildConfig, files: EmbeddingFiles, device: str, has_text: np.ndarray) -> dict[str, Any]:
+    """Choose the key, train each trained_<modality>.index and save its tuning queries, unless a work dir
+    with the same plan already holds them; the plan file is written last, so it marks them complete. The text
+    index is trained on rows with text vectors and left out (as ``build_index`` does) without enough of them."""
     cfg, work = config.index, config.work_dir
     choice = choose_ivf(cfg, files)
     spec = {  # everything the trained indexes, queries and parts depend on
@@ -321,32 +331,58 @@ def _prepare(config: ShardedBuildConfig, files: EmbeddingFiles, device: str) -> 
     plan_file = work / PLAN_FILE
     if not cfg.overwrite and plan_file.is_file():
         done = json.loads(plan_file.read_text(encoding="utf-8"))
-        if done["spec"] == spec:
+        if done["spec"] == spec and "modalities" in done:
             log.info("resuming the sharded build in %s", work)
             return done
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log.info("sharded index of %d x %d-d vectors: %s (%s)", files.count, files.dim, choice.key, choice.reason)
-    train_rows = sample_rows(files.count, min(files.count, cfg.max_train_vectors), cfg.seed)
-    query_rows = sample_rows(files.count, min(files.count, cfg.tune_queries), cfg.seed + 1, exclude=train_rows)
-    plan: dict[str, Any] = {"spec": spec, "train_vectors": len(train_rows), "train_seconds": {}}
-    for modality, column in VECTOR_COLUMNS.items():
-        began = time.perf_counter()
-        index = new_index(choice.key, files.dim)
-        train(index, gather_rows(files, column, train_rows, cfg.batch_size), device)
-        write_index(index, trained_path(work, modality))
-        plan["train_seconds"][modality] = round(time.perf_counter() - began, 3)
-        with atomic_path(queries_path(work, modality)) as tmp, open(tmp, "wb") as f:
-            np.save(f, gather_rows(files, column, query_rows, cfg.batch_size))
+    trained, skipped = for_each_index(has_text, lambda m: _train_one(cfg, files, work, m, choice.key, has_text, device))
+    plan: dict[str, Any] = {
+        "spec": spec,
+        "modalities": list(trained),
+        "train_vectors": {m: t["train_vectors"] for m, t in trained.items()},
+        "train_seconds": {m: t["train_seconds"] for m, t in trained.items()},
+        **({"text_index_skipped": skipped} if skipped else {}),
+    }
     with atomic_path(plan_file) as tmp:
         Path(tmp).write_text(json.dumps(plan, indent=2), encoding="utf-8")
     return plan
 
 
-def _merge_one(
-    config: ShardedBuildConfig, job: PartJob, parts: Sequence[Part], modality: str, plan: dict, add_seconds: float
+def _train_one(
+    cfg: IndexBuildConfig,
+    files: EmbeddingFiles,
+    work: Path,
+    modality: str,
+    key: str,
+    has_text: np.ndarray,
+    device: str,
 ) -> dict[str, Any]:
-    """Merge one modality's parts into <out>/<modality>.index + .ivfdata, then tune and evaluate it."""
+    """Train ``work``/trained_<modality>.index on its seeded sample and save its tuning queries beside it."""
+    column = VECTOR_COLUMNS[modality]
+    train_rows, query_rows = sample_plan(cfg, files.count, has_text, modality)
+    began = time.perf_counter()
+    index = new_index(key, files.dim)
+    train(index, gather_rows(files, column, train_rows, cfg.batch_size), device)
+    write_index(index, trained_path(work, modality))
+    seconds = round(time.perf_counter() - began, 3)
+    with atomic_path(queries_path(work, modality)) as tmp, open(tmp, "wb") as f:
+        np.save(f, gather_rows(files, column, query_rows, cfg.batch_size))
+    return {"train_vectors": len(train_rows), "train_seconds": seconds}
+
+
+def _merge_one(
+    config: ShardedBuildConfig,
+    job: PartJob,
+    parts: Sequence[Part],
+    modality: str,
+    plan: dict,
+    add_seconds: float,
+    has_text: np.ndarray,
+) -> dict[str, Any]:
+    """Merge one modality's parts into <out>/<modality>.index + .ivfdata, then tune and evaluate it over the
+    rows its searches may return."""
     out, cfg = Path(config.index.out_dir), config.index
     path = out / INDEX_FILES[modality]
     ivfdata = path.with_suffix(".ivfdata")
@@ -361,15 +397,19 @@ def _merge_one(
     faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename = str(ivfdata)
     merged = time.perf_counter()
     queries = np.load(queries_path(job.work_dir, modality))
+    allowed = modality_filter(modality, has_text)
+    searchable = int(index.ntotal) if allowed is None else allowed.count
     truth = merge_truth([part_paths(job.work_dir, p.part_id, modality)[1] for p in parts], len(queries), job.truth_k)
-    tuned = tune(index, queries, truth, cfg.recall_target)
-    metrics = evaluate_index(index, queries, truth, EVAL_KS)
+    truth = truth[:, : min(job.truth_k, searchable)]  # fewer rows with text than the depth: no -1 columns
+    tuned = tune(index, queries, truth, cfg.recall_target, allowed)
+    metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
     write_index(index, path)
     log.info("%s: %s, %d parts, params %r, %s", path.name, plan["spec"]["index_key"], len(parts), tuned.params, metrics)
     return {
         "file": path.name,
         "ivfdata_file": ivfdata.name,
         "column": VECTOR_COLUMNS[modality],
+        "searchable_rows": searchable,
         "search_params": tuned.params,
         "recall_target": cfg.recall_target,
         "recall_target_met": tuned.target_met,
@@ -377,7 +417,7 @@ def _merge_one(
         "tuning_trials": tuned.trials,
         "recall": metrics,
         "recall_measured_at_count": int(index.ntotal),
-        "train_vectors": plan["train_vectors"],
+        "train_vectors": plan["train_vectors"][modality],
         "train_seconds": plan["train_seconds"][modality],
         "add_seconds": round(add_seconds, 3),
         "merge_seconds": round(merged - began, 3),

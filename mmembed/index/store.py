@@ -1,7 +1,9 @@
 """The on-disk layout of an index dir and its atomic writers: <modality>.index, ids.parquet, infos.json.
 
 Every file is written under a temporary name and moved into place with ``os.replace``; ``infos.json``
-is written last, so its presence marks a complete index.
+is written last, so its presence marks a complete index. ``text.index`` is absent when the embeddings hold
+no text vectors (``infos.json`` then says why under ``text_index_skipped``); ``ids.parquet``'s ``has_text``
+marks the rows a text-index search may return.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -33,6 +36,7 @@ IDS_SCHEMA = pa.schema(
         pa.field("offset", pa.int64(), nullable=False),
         pa.field("caption", pa.string()),
         pa.field("url", pa.string()),
+        pa.field("has_text", pa.bool_(), nullable=False),  # holds a text vector (False: an image-only sample)
     ]
 )
 
@@ -85,17 +89,30 @@ def _map_ondisk_lists(index: faiss.Index, path: Path) -> faiss.Index:
 
 
 def write_ids(path: str | Path, tables: Iterable[pa.Table], start: int = 0, keep_from: str | Path | None = None) -> int:
-    """Stream id tables into ``path`` with row ids from ``start``; ``keep_from`` copies an existing ids file first."""
+    """Stream id tables into ``path`` with row ids from ``start``; ``keep_from`` copies an existing ids file first
+    (one written before ``has_text`` existed gets True: its text index held a vector for every row)."""
     row = start
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, IDS_SCHEMA) as writer:
         if keep_from is not None:
             for batch in pq.ParquetFile(keep_from).iter_batches(batch_size=65_536):
-                writer.write_batch(batch)
+                if "has_text" not in batch.schema.names:
+                    batch = batch.append_column("has_text", pa.array(np.ones(batch.num_rows, dtype=bool)))
+                writer.write_batch(batch.select(IDS_SCHEMA.names).cast(IDS_SCHEMA))
         for table in tables:
             ids = pa.array(range(row, row + table.num_rows), type=pa.int64())
             writer.write_table(table.select(IDS_SCHEMA.names[1:]).add_column(0, "row_id", ids).cast(IDS_SCHEMA))
             row += table.num_rows
     return row - start
+
+
+def read_text_mask(path: str | Path) -> np.ndarray:
+    """``has_text`` of every row of an ids file (bool per row id); all True for a file written before the
+    column existed, when every row had a text vector."""
+    parquet = pq.ParquetFile(path)
+    if "has_text" not in parquet.schema_arrow.names:
+        return np.ones(parquet.metadata.num_rows, dtype=bool)
+    column = pq.read_table(path, columns=["has_text"]).column("has_text")
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def write_infos(index_dir: str | Path, infos: dict[str, Any]) -> None:

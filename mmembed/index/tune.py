@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 
 from mmembed.index.evaluate import recall_at_k
+from mmembed.index.selection import RowFilter, search
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,16 @@ def apply_params(index: faiss.Index, params: str) -> None:
         faiss.ParameterSpace().set_index_parameters(index, params)
 
 
-def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float) -> TuneResult:
-    """Try candidates cheapest first; stop at the first whose 10-recall@10 on ``queries`` reaches ``target``."""
+def tune(
+    index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float, allowed: RowFilter | None = None
+) -> TuneResult:
+    """Try candidates cheapest first; stop at the first whose 10-recall@10 on ``queries`` reaches ``target``
+    (searching the rows ``allowed`` admits, as every search of the index will)."""
     k = min(TUNE_K, truth.shape[1])
     best = TuneResult("", -1.0, False)
     for params in candidate_params(index):
         apply_params(index, params)
-        _, found = index.search(queries, k)
+        _, found = search(index, queries, k, allowed)
         recall = recall_at_k(found, truth, k)
         best.trials.append((params, round(recall, 4)))
         if recall > best.recall:

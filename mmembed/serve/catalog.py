@@ -136,9 +136,11 @@ class Catalog:
 
 
 def _parse_json(text: str | None) -> Any:
+    """A sample's json member as a value; NaN and +-Infinity (Python writes them, JSON has no such values)
+    become None so every response stays valid JSON; text that does not parse is returned as is."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=lambda _: None)
     except json.JSONDecodeError:
         return text

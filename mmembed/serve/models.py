@@ -66,6 +66,7 @@ class Health(BaseModel):
     dim: int
     model: str
     index_key: str
+    text_rows: int = Field(description="samples target 'text' can return (they have a caption); 0: not available")
     shards_known: int
 
 

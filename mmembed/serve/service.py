@@ -177,6 +177,9 @@ class SearchService:
             raise RequestError(422, f"k must be an integer within 1..{self.config.max_k}, got {k!r}")
         if target not in ("image", "text"):
             raise RequestError(422, f"target must be 'image' or 'text', got {target!r}")
+        unavailable = self.searcher.index.text_unavailable
+        if target == "text" and unavailable:
+            raise RequestError(422, f"target 'text' is not available: this index has no text index ({unavailable})")
 
     async def _respond(
         self, kind: str, query: str, vectors: np.ndarray, k: int, target: str, began: float
@@ -250,6 +253,7 @@ class SearchService:
             "dim": infos["dim"],
             "model": infos["provenance"].get("model", "?"),
             "index_key": infos["index_key"],
+            "text_rows": 0 if self.searcher.index.text_unavailable else infos.get("text_rows", infos["count"]),
             "shards_known": len(self.thumbnails.shard_urls),
         }
 

@@ -9,13 +9,13 @@ Files are written to a temporary name and renamed, so a crash never leaves a hal
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmembed import storage
 from mmembed.encoders.openclip import CHECKPOINT_META_KEY as META_KEY
 
 CHECKPOINT_FORMAT = 1
@@ -30,15 +30,9 @@ class RunState:
     position: int = 0
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def save_atomic(obj: dict[str, Any], path: Path | str) -> None:
+    """``torch.save`` to ``path`` through ``storage.write_atomic``: a reader never sees half a checkpoint."""
+    storage.write_atomic(str(path), lambda f: torch.save(obj, f))
 
 
 def training_checkpoint(

@@ -40,10 +40,12 @@ def write_dedup_dir(
     width: np.ndarray | None = None,
     height: np.ndarray | None = None,
     similarity: np.ndarray | None = None,
+    has_text: np.ndarray | None = None,
     per_shard: int = 100,
 ) -> list[Path]:
     """``<root>/embeddings/shard-NNNNN.parquet`` files; row r is key ``shard-NNNNN-<r>``; defaults: distinct
-    sha256 and random pHashes, 64x48 pixels, similarity = image . text."""
+    sha256 and random pHashes, 64x48 pixels, similarity = image . text, every row captioned (a row where
+    ``has_text`` is False is image-only: no caption, text vector or similarity)."""
     n, dim = image.shape
     text = image if text is None else text
     sha256 = sha256 or [f"{r:064x}" for r in range(n)]
@@ -51,6 +53,7 @@ def write_dedup_dir(
     width = np.full(n, 64) if width is None else width
     height = np.full(n, 48) if height is None else height
     similarity = np.einsum("ij,ij->i", image, text) if similarity is None else similarity
+    has_text = np.ones(n, dtype=bool) if has_text is None else np.asarray(has_text, dtype=bool)
     provenance = full_provenance(encoder_provenance(dim, trained=True), "float32")  # blobs stand for real vectors
     schema = embeddings_schema(dim, "float32", provenance)
     paths = []
@@ -62,7 +65,7 @@ def write_dedup_dir(
                     "key": f"{shard}-{r:06d}",
                     "shard": shard,
                     "offset": 512 * r,
-                    "caption": f"caption {r}",
+                    "caption": f"caption {r}" if has_text[r] else None,
                     "metadata": json.dumps({"row": r}),
                     "url": f"https://example.org/{r}.jpg",
                     "width": int(width[r]),
@@ -71,8 +74,8 @@ def write_dedup_dir(
                     "phash": int(phash[r]).to_bytes(8, "big"),
                 },
                 image_embedding=image[r],
-                text_embedding=text[r],
-                similarity=float(similarity[r]),
+                text_embedding=text[r] if has_text[r] else None,
+                similarity=float(similarity[r]) if has_text[r] else None,
             )
             for r in range(start, min(n, start + per_shard))
         ]

@@ -38,16 +38,24 @@ def blobs(n: int, dim: int, seed: int, centres: int = 50, spread: float = 0.6) -
 
 
 def write_shard(
-    path: Path, shard: str, image: np.ndarray, text: np.ndarray, provenance: dict[str, Any], dtype: str = "float32"
+    path: Path,
+    shard: str,
+    image: np.ndarray,
+    text: np.ndarray,
+    provenance: dict[str, Any],
+    dtype: str = "float32",
+    has_text: np.ndarray | None = None,
 ) -> Path:
-    """One ``embeddings/<shard>.parquet`` file as the embed job writes it."""
+    """One ``embeddings/<shard>.parquet`` file as the embed job writes it; a row where ``has_text`` (default:
+    every row) is False is an image-only sample: no caption, no text vector, no similarity."""
+    has_text = np.ones(len(image), dtype=bool) if has_text is None else np.asarray(has_text, dtype=bool)
     samples = [
         EmbeddedSample(
             row={
                 "key": f"{shard}-{i:06d}",
                 "shard": shard,
                 "offset": 512 + 1024 * i,
-                "caption": f"caption {shard} {i}",
+                "caption": f"caption {shard} {i}" if has_text[i] else None,
                 "metadata": json.dumps({"url": f"https://example.org/{shard}/{i}.jpg"}),
                 "url": f"https://example.org/{shard}/{i}.jpg",
                 "width": 64,
@@ -56,8 +64,8 @@ def write_shard(
                 "phash": i.to_bytes(8, "big"),
             },
             image_embedding=image[i],
-            text_embedding=text[i],
-            similarity=float(image[i] @ text[i]),
+            text_embedding=text[i] if has_text[i] else None,
+            similarity=float(image[i] @ text[i]) if has_text[i] else None,
         )
         for i in range(len(image))
     ]
@@ -75,17 +83,18 @@ def write_embed_dir(
     provenance: dict[str, Any] | None = None,
     dtype: str = "float32",
     first_shard: int = 0,
+    has_text: np.ndarray | None = None,
 ) -> list[Path]:
     """Split rows into ``<root>/embeddings/shard-NNNNN.parquet`` files of ``per_shard`` rows each (by default
-    recorded as a trained model's: the blobs stand for meaningful vectors)."""
+    recorded as a trained model's: the blobs stand for meaningful vectors); ``has_text`` as in ``write_shard``."""
     provenance = provenance or encoder_provenance(image.shape[1], trained=True)
+    has_text = np.ones(len(image), dtype=bool) if has_text is None else np.asarray(has_text, dtype=bool)
     paths = []
     for n, start in enumerate(range(0, len(image), per_shard), start=first_shard):
         rows = slice(start, start + per_shard)
         shard = f"shard-{n:05d}"
-        paths.append(
-            write_shard(root / "embeddings" / f"{shard}.parquet", shard, image[rows], text[rows], provenance, dtype)
-        )
+        path = root / "embeddings" / f"{shard}.parquet"
+        paths.append(write_shard(path, shard, image[rows], text[rows], provenance, dtype, has_text[rows]))
     return paths
 
 

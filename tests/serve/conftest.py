@@ -1,8 +1,11 @@
-"""A real index of the demo photos (tiny model) and a real server on loopback, shared by the serve tests."""
+"""A real index of the demo photos (tiny model) and a real server on loopback, shared by the serve tests; and
+``page``: the search page of ``base_url`` in headless Chromium (skipped without /usr/bin/chromium, except
+under CI, where it fails: install it with ``apt-get install -y chromium``)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -77,3 +80,55 @@ def other_server(config: ServeConfig, **changes: object) -> Iterator[httpx.Clien
     """A second server with some settings changed, for one test."""
     with restoring_threads(), running(replace(config, **changes)) as url, httpx.Client(base_url=url) as c:
         yield c
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _require_chromium() -> None:
+    """Skip without Debian's chromium (fail under CI, where it must be installed)."""
+    if CHROMIUM.is_file():
+        return
+    message = f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def page(base_url: str, tmp_path: Path) -> Iterator[object]:
+    """``base_url``'s search page in headless Chromium; when the test ends no script error, CSP violation or
+    failed load may be left in ``page.problems`` (a test that provokes one removes it)."""
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh user-data-dir
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.problems = problems  # a test that provokes an error removes what it expects
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            page.goto(base_url + "/")
+            yield page
+            assert problems == [], problems  # no script errors, no CSP violations, no failed loads
+        finally:
+            browser.close()

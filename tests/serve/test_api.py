@@ -138,6 +138,7 @@ def test_healthz(client: httpx.Client) -> None:
         "dim": 64,
         "model": "mmembed-tiny",
         "index_key": "Flat",
+        "text_rows": 38,
         "shards_known": 4,
     }
 

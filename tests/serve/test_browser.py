@@ -1,69 +1,18 @@
 """End to end in headless Chromium (Debian's ``chromium``, driven by Playwright; no browser download).
 
 Type a query, see the result thumbnails load, open a detail view, upload an image, save screenshots.
-Without /usr/bin/chromium the test is skipped, except under CI (``CI`` set), where it fails: install it with
-``apt-get install -y chromium``.
+Without /usr/bin/chromium the test is skipped, except under CI (``CI`` set), where it fails (the ``page``
+fixture, in conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ALL_IMAGES_LOADED = """() => {
   const images = [...document.querySelectorAll('#results img.thumb')];
   return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);
 }"""
-
-
-def _require_chromium() -> None:
-    if CHROMIUM.is_file():
-        return
-    message = f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {message}", pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture
-def page(base_url: str, tmp_path: Path) -> Iterator[object]:
-    _require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),  # a fresh user-data-dir
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = browser.new_page()
-            problems: list[str] = []
-            page.problems = problems  # a test that provokes an error removes what it expects
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-            page.goto(base_url + "/")
-            yield page
-            assert problems == [], problems  # no script errors, no CSP violations, no failed loads
-        finally:
-            browser.close()
 
 
 def test_search_see_thumbnails_open_detail(page, tmp_path: Path) -> None:  # noqa: ANN001 - playwright Page

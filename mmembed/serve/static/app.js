@@ -14,6 +14,11 @@ function setStatus(text, isError = false) {
   statusLine.classList.toggle("error", isError);
 }
 
+// A caption worth showing: image-only samples have caption null, which must not render as "null".
+function hasText(value) {
+  return typeof value === "string" && value.trim() !== "";
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -68,14 +73,16 @@ function render(data) {
     if (link) {
       const img = el("img", "thumb");
       img.loading = "lazy";
-      img.alt = hit.caption || hit.key;
+      img.alt = hasText(hit.caption) ? hit.caption : hit.key;
       img.src = link;
       img.addEventListener("error", () => box.replaceChildren(el("span", "none", "no thumbnail")));
       box.append(img);
     } else {
       box.append(el("span", "none", "no thumbnail (start the server with --shards)"));
     }
-    card.append(box, el("div", "caption", hit.caption || "(no caption)"), el("div", "score", `#${hit.rank} · score ${hit.score.toFixed(4)}`));
+    card.append(box);
+    if (hasText(hit.caption)) card.append(el("div", "caption", hit.caption)); // an image-only sample has none
+    card.append(el("div", "score", `#${hit.rank} · score ${hit.score.toFixed(4)}`));
     card.addEventListener("click", () => openDetail(hit));
     return card;
   });
@@ -83,7 +90,7 @@ function render(data) {
 }
 
 async function openDetail(hit) {
-  $("#detail-caption").textContent = hit.caption || hit.key;
+  $("#detail-caption").textContent = hasText(hit.caption) ? hit.caption : hit.key;
   const image = $("#detail-image");
   image.removeAttribute("src");
   $("#detail-fields").replaceChildren();
@@ -97,7 +104,7 @@ async function openDetail(hit) {
   const item = await response.json();
   const large = safeLink(item.image);
   if (large) {
-    image.alt = item.caption || item.key;
+    image.alt = hasText(item.caption) ? item.caption : item.key;
     image.src = large;
   }
   const fields = [
@@ -149,6 +156,12 @@ fetch("/healthz")
   .then((r) => (r.ok ? r.json() : Promise.reject(r.statusText)))
   .then((h) => {
     $("#index-info").textContent = `${h.count.toLocaleString()} samples · ${h.model} · ${h.index_key}`;
+    if (h.text_rows === 0) {
+      // embedded without captions: there is nothing to search in the text index
+      const captions = $("#target option[value='text']");
+      captions.disabled = true;
+      captions.textContent = "captions (none in this index)";
+    }
   })
   .catch((err) => {
     $("#index-info").textContent = `index unavailable (${err})`;
