@@ -70,10 +70,10 @@ class EncoderConfig:
             raise ConfigError(f"torch threads must be >= 1, got {self.torch_threads}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.checkpoint and not Path(self.checkpoint).is_file():
+        if self.checkpoint and "://" not in self.checkpoint and not Path(self.checkpoint).is_file():
             raise ConfigError(
-                f"checkpoint {self.checkpoint!r} is not a file; pass the path of an open_clip "
-                "checkpoint (.pt/.bin/.safetensors)"
+                f"checkpoint {self.checkpoint!r} is not a file; pass the path (or s3:// / gs:// URL) of an "
+                "open_clip checkpoint (.pt/.bin/.safetensors)"
             )
 
 

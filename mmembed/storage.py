@@ -10,6 +10,7 @@ processes (Beam workers) write the same folders.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import shutil
@@ -289,6 +290,27 @@ def download(url: str, local: str) -> None:
     """Copy ``url`` to the local file ``local`` (written atomically)."""
     with open_read(url) as source:
         _write_local(local, lambda sink: shutil.copyfileobj(source, sink, 8 << 20))
+
+
+def cache_root() -> str:
+    """Where remote files are cached on this machine: ``$MMEMBED_CACHE``, else ``~/.cache/mmembed``."""
+    return os.environ.get("MMEMBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mmembed")
+
+
+def cached_copy(url: str) -> str:
+    """A local path holding the file at ``url``: the file itself when local; else a copy downloaded once into
+    the cache, keyed by URL, size and modification time (a rewritten object is fetched again). The download
+    is atomic, so two processes never see half a copy."""
+    if is_local(url):
+        return local_path(url)
+    found = info(url)
+    if found is None:
+        raise FileNotFoundError(f"{url}: no such object")
+    key = hashlib.sha256(f"{url}\0{found.size}\0{found.mtime}".encode()).hexdigest()[:32]
+    path = os.path.join(cache_root(), "files", key, posixpath.basename(url) or "file")
+    if not os.path.exists(path):
+        download(url, path)
+    return path
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from open_clip.transform import MaybeToTensor, PreprocessCfg, image_transform_v2
 from open_clip.utils import to_2tuple
 from PIL import Image
 
+from mmembed import storage
 from mmembed.config import LOCAL_DIR_PREFIX, RANDOM_INIT_WEIGHTS, ConfigError, EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -155,15 +156,17 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of a file, cached per (path, size, mtime) so a rewritten checkpoint is hashed again."""
-    stat = Path(path).stat()
-    return _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+    """sha256 of a file (local or remote), cached per (path, size, mtime) so a rewritten file is hashed again."""
+    found = storage.info(path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no such file")
+    return _file_sha256(path, found.size, found.mtime)
 
 
 @cache
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: str, size: int, mtime: float | None) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_read(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -185,8 +188,9 @@ def checkpoint_meta(path: str | Path) -> dict[str, Any] | None:
     Cached per (path, size, mtime) like the file's sha256: the embed command, the job's provenance and
     each query-encoder check ask for it, and a legacy (non-zip) checkpoint is read whole to answer.
     """
-    stat = Path(path).stat()
-    return _checkpoint_meta(str(path), stat.st_size, stat.st_mtime_ns)
+    local = storage.cached_copy(str(path))
+    stat = Path(local).stat()
+    return _checkpoint_meta(local, stat.st_size, stat.st_mtime_ns)
 
 
 @cache
@@ -201,7 +205,7 @@ def _checkpoint_meta(path: str, size: int, mtime_ns: int) -> dict[str, Any] | No
 
 def model_of_checkpoint(path: str | None) -> str | None:
     """The model name a ``mmembed train`` checkpoint was trained as (None for other files or no file)."""
-    if not path or not Path(path).is_file():
+    if not path or not storage.exists(path):
         return None
     meta = checkpoint_meta(path)
     return meta.get("model") if meta else None
@@ -228,6 +232,11 @@ def trained_checkpoint_info(config: EncoderConfig) -> dict[str, Any] | None:
     }
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (so it means the same file from any folder); a URL as it is."""
+    return str(Path(path).resolve()) if storage.is_local(path) else path
+
+
 def provenance(config: EncoderConfig) -> dict[str, Any]:
     """What produced an embedding: enough to refuse mixing models and to reload the same encoder."""
     weights = RANDOM_INIT_WEIGHTS
@@ -241,7 +250,7 @@ def provenance(config: EncoderConfig) -> dict[str, Any]:
         "model": config.model,
         "pretrained": config.pretrained,
         # absolute, so search and serve find the file from any working directory
-        "checkpoint": str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
+        "checkpoint": _absolute(config.checkpoint) if config.checkpoint else None,
         "checkpoint_sha256": file_sha256(config.checkpoint) if config.checkpoint else None,
         "trained": trained_checkpoint_info(config) if config.checkpoint else None,
         "weights": weights,
@@ -283,7 +292,8 @@ def create_model(config: EncoderConfig, device: str) -> torch.nn.Module:
     torch.manual_seed(config.seed)  # random-init models are reproducible across workers
     weights = config.pretrained or config.checkpoint
     try:
-        model = open_clip.create_model(config.model, pretrained=weights, device=device)
+        local = storage.cached_copy(config.checkpoint) if config.checkpoint else config.pretrained
+        model = open_clip.create_model(config.model, pretrained=local, device=device)
     except (RuntimeError, OSError, ValueError) as exc:
         raise RuntimeError(
             f"model {config.model} ({weights or 'random init'}): weights could not be loaded ({exc}); fix: on a "

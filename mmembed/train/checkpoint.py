@@ -63,9 +63,10 @@ def model_checkpoint(model: torch.nn.Module, meta: dict[str, Any], state: RunSta
     }
 
 
-def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path | str, map_location: str = "cpu") -> dict[str, Any]:
     """A checkpoint written by ``save_atomic`` (tensors and plain values only: ``weights_only`` loading)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    with storage.open_read(str(path)) as f:
+        return torch.load(f, map_location=map_location, weights_only=True)
 
 
 def run_state(meta: dict[str, Any]) -> RunState:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections import deque
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -97,7 +95,7 @@ def run_meta(config: TrainConfig, urls: list[str], samples_per_epoch: int, total
     }
 
 
-def check_resumable(saved: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
+def check_resumable(saved: dict[str, Any], meta: dict[str, Any], path: str) -> None:
     """A resume must continue the same run: same model, start, data and schedule."""
     diffs = [
         f"{key}: checkpoint {saved.get(key)!r} vs now {meta[key]!r}"
@@ -116,7 +114,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.files = RunFiles(Path(config.out))
+        self.files = RunFiles(config.out)
         self.device = resolve_device(config.init.device)
         ensure_weights(config.init)  # before the run folder is made: a missing download stops here
         if self.device == "cpu" and config.init.torch_threads:
@@ -143,7 +141,7 @@ class Trainer:
         self.errors: list[SampleError] = []
         self.state = RunState()
         self.saved_step = -1  # the step of the last checkpoint written
-        if config.resume and self.files.latest.is_file():
+        if config.resume and storage.exists(self.files.latest):
             self._resume()
 
         preprocess = PreprocessCfg(**resolve_preprocess_cfg(config.init))
@@ -206,7 +204,7 @@ class Trainer:
             config.epochs,
             self.device,
         )
-        with self.files.metrics.open("a", encoding="utf-8", buffering=1) as metrics:
+        with open(self.files.local_metrics, "a", encoding="utf-8", buffering=1) as metrics:
             for epoch in range(self.state.epoch, config.epochs):
                 on_error = self.errors.append if epoch == 0 else None  # the same samples fail every epoch
                 for batch in self.batches.epoch(epoch, skip=self.state.position, on_error=on_error):
@@ -229,7 +227,7 @@ class Trainer:
             self._checkpoint()
         save_atomic(model_checkpoint(self.model, self.meta, self.state), self.files.model)
         summary = self._summary(started, first_step, recent)
-        self.files.summary.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        storage.write_bytes(self.files.summary, json.dumps(summary, indent=2).encode())
         return summary
 
     def _metrics_entry(self, loss: float, lr: float, started: float) -> dict[str, Any]:
@@ -261,12 +259,15 @@ class Trainer:
 
     def _checkpoint(self, epoch_end: bool = False) -> None:
         """latest.pt (and epoch_<n>.pt at an epoch's end if asked), the errors so far and the loss plot."""
-        save_atomic(training_checkpoint(self.model, self.optimizer, self.state, self.meta), self.files.latest)
+        checkpoint = training_checkpoint(self.model, self.optimizer, self.state, self.meta)
+        save_atomic(checkpoint, self.files.latest)
         if epoch_end and self.config.keep_epoch_checkpoints:
-            shutil.copyfile(self.files.latest, self.files.epoch_checkpoint(self.state.epoch))
+            save_atomic(checkpoint, self.files.epoch_checkpoint(self.state.epoch))
         self.saved_step = self.state.step
-        storage.write_atomic(str(self.files.errors), lambda f: pq.write_table(errors_table(self.errors), f))
-        plot_loss(read_metrics(self.files.metrics), self.files.loss_plot, f"{self.config.init.model} training loss")
+        storage.write_atomic(self.files.errors, lambda f: pq.write_table(errors_table(self.errors), f))
+        self.files.publish_metrics()
+        title = f"{self.config.init.model} training loss"
+        storage.write_bytes(self.files.loss_plot, plot_loss(read_metrics(self.files.local_metrics), title))
 
     def _summary(self, started: float, first_step: int, recent: deque[float]) -> dict[str, Any]:
         seconds = time.monotonic() - started
@@ -275,8 +276,8 @@ class Trainer:
             codes[error.code] = codes.get(error.code, 0) + 1
         return {
             "model": self.config.init.model,
-            "model_file": str(self.files.model),
-            "model_sha256": file_sha256(str(self.files.model)),
+            "model_file": self.files.model,
+            "model_sha256": file_sha256(self.files.model),
             "steps": self.state.step,
             "epochs_completed": self.state.epoch,
             "samples_per_epoch": self.meta["samples_per_epoch"],

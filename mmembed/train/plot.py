@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The JSON lines of a metrics log (one per logged step)."""
+def read_metrics(path: str | Path) -> list[dict]:
+    """The JSON lines of a local metrics log (one per logged step)."""
+    path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -26,8 +28,8 @@ def moving_average(values: np.ndarray, width: int) -> np.ndarray:
     return (cumulative[1:] - cumulative[starts]) / (np.arange(1, len(values) + 1) - starts)
 
 
-def plot_loss(metrics: list[dict], out: Path, title: str) -> None:
-    """Loss per step (raw and smoothed) and the learning rate on a second axis."""
+def plot_loss(metrics: list[dict], title: str) -> bytes:
+    """Loss per step (raw and smoothed) and the learning rate on a second axis, as PNG bytes."""
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if metrics:
         steps = np.array([m["step"] for m in metrics])
@@ -43,7 +45,7 @@ def plot_loss(metrics: list[dict], out: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    tmp.replace(out)
+    return png.getvalue()
