@@ -94,6 +94,9 @@ class DecodeConfig:
     threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # decode/resize threads per worker
     # sha256 and perceptual hash of each image: the embed job stores them; training needs neither
     fingerprints: bool = True
+    # False: a JPEG at least twice the model's input size is decoded at reduced scale (Image.draft) before the
+    # exact resize; True: every image is decoded in full (slower; the vectors differ slightly, see README)
+    exact_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1:

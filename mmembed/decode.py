@@ -9,7 +9,7 @@ from typing import Any
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from mmembed.config import DecodeConfig
 from mmembed.records import STAGE_DECODE, DecodedSample, RawSample, SampleError
@@ -32,19 +32,25 @@ class DecodeError(ValueError):
         self.code = code
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, reduce_to: int | None = None) -> Image.Image:
     """Decode JPEG/PNG/WebP/... bytes to an upright RGB image, refusing images over ``max_pixels``.
 
     The pixel count is checked from the header before any pixel data is decoded, so a
     decompression bomb costs nothing. EXIF orientation is applied; palette, alpha, CMYK,
     grayscale and 16-bit images become 8-bit RGB (alpha composited on white). Whatever a
     malformed file makes Pillow raise is this image's ``bad_image``, never the caller's crash.
+
+    ``reduce_to``: a JPEG at least twice that size on both sides is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling, ``Image.draft``) while both sides stay >= ``reduce_to``: several times cheaper
+    than a full decode that the model's resize then throws away. Other formats decode in full.
     """
     if not data:
         raise DecodeError("empty_image", f"image member is empty (0 bytes); {FIX_IMAGE}")
     try:
         image = Image.open(io.BytesIO(data))
         _check_pixels(image.size, max_pixels)
+        if reduce_to and image.format == "JPEG":
+            image.draft("RGB", (reduce_to, reduce_to))
         image.load()
         return to_rgb(ImageOps.exif_transpose(image))
     except DecodeError:
@@ -55,6 +61,15 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise TypeError, struct.error, ... on malformed files
         raise DecodeError("bad_image", f"not a decodable image ({type(exc).__name__}: {exc}); {FIX_IMAGE}") from None
+
+
+def full_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
+    """The upright size of the image in ``data`` when ``decoded`` may be a reduced-scale decode of it:
+    the header's size, turned as EXIF orientation turned the pixels."""
+    with Image.open(io.BytesIO(data)) as header:
+        width, height = header.size
+        turned = header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return (height, width) if turned else (width, height)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -142,8 +157,9 @@ def _check_storable(value: dict[str, Any]) -> None:
         raise DecodeError("bad_metadata", _TOO_DEEP) from None
 
 
-def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | SampleError:
-    """Decode one raw sample; the first member that fails names the error."""
+def decode_sample(raw: RawSample, config: DecodeConfig, reduce_to: int | None = None) -> DecodedSample | SampleError:
+    """Decode one raw sample; the first member that fails names the error. ``reduce_to`` as in ``decode_image``
+    (the recorded width and height are always the image's own)."""
     image_ext = next(ext for ext in config.image_extensions if ext in raw.members)
     image_member = f"{raw.key}.{image_ext}"
     read_caption = config.captions != "none" and config.caption_key in raw.members
@@ -158,7 +174,8 @@ def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | Sampl
     stage_member = image_member
     try:
         image_bytes = raw.members[image_ext]
-        image = decode_image(image_bytes, config.max_image_pixels)
+        image = decode_image(image_bytes, config.max_image_pixels, reduce_to)
+        width, height = full_size(image_bytes, image) if reduce_to else image.size
         caption = None
         if read_caption:
             stage_member = f"{raw.key}.{config.caption_key}"
@@ -177,8 +194,8 @@ def decode_sample(raw: RawSample, config: DecodeConfig) -> DecodedSample | Sampl
         image=image,
         caption=caption,
         metadata=metadata,
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         sha256=hashlib.sha256(image_bytes).hexdigest() if config.fingerprints else None,
         phash=perceptual_hash(image) if config.fingerprints else None,
     )

@@ -190,3 +190,40 @@ def test_raised_max_image_pixels_beats_pillows_own_limit() -> None:
     assert side * side > LIMIT
     image = decode_image(big, max_pixels=100_000_000)
     assert image.size == (side, side) and image.getpixel((side - 1, side - 1)) == (255, 255, 255)
+
+
+def big_photo(width: int = 1000, height: int = 750) -> Image.Image:
+    """A real photo (scikit-image's chelsea) upscaled to web size."""
+    return Image.open(__import__("io").BytesIO(jpeg_bytes("chelsea", size=300))).convert("RGB").resize((width, height))
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_never_below_the_model_input() -> None:
+    data = image_bytes(big_photo(), "JPEG")
+    reduced = decode_image(data, LIMIT, reduce_to=224)
+    assert reduced.size == (500, 375)  # libjpeg scales by 1/2, 1/4 or 1/8: 1/4 (250 x 188) would go below 224
+    assert decode_image(data, LIMIT).size == (1000, 750)  # without reduce_to: exact, as before
+    small = image_bytes(big_photo(400, 300), "JPEG")  # under twice the input size: decoded in full
+    assert decode_image(small, LIMIT, reduce_to=224).size == (400, 300)
+    png = image_bytes(big_photo(), "PNG")  # only JPEG has DCT scaling
+    assert decode_image(png, LIMIT, reduce_to=224).size == (1000, 750)
+
+
+def test_reduced_scale_decode_changes_the_model_input_pixels_only_slightly() -> None:
+    from mmembed.encoders.openclip import ImagePreprocessor, resolve_preprocess_cfg
+    from tests.conftest import TINY
+
+    preprocessor = ImagePreprocessor(resolve_preprocess_cfg(TINY))
+    data = image_bytes(big_photo(), "JPEG")
+    exact = preprocessor.to_pixels(decode_image(data, LIMIT)).astype(float)
+    reduced = preprocessor.to_pixels(decode_image(data, LIMIT, reduce_to=preprocessor.input_side)).astype(float)
+    assert exact.shape == reduced.shape
+    assert np.abs(exact - reduced).mean() < 2.0  # of 255: the resize's own smoothing hides most of the DCT scaling
+
+
+def test_decode_sample_records_the_full_upright_size_after_a_reduced_decode() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: the upright image is 750 x 1000
+    data = image_bytes(big_photo(), "JPEG", exif=exif)
+    decoded = decode_sample(raw(jpg=data, txt=b"a cat"), DecodeConfig(), reduce_to=224)
+    assert isinstance(decoded, DecodedSample)
+    assert (decoded.width, decoded.height) == (750, 1000) and decoded.image.size[0] < 750

@@ -92,6 +92,7 @@ class ReadAndPrepareShard(beam.DoFn):
 
     def setup(self) -> None:
         self.preprocessor = ImagePreprocessor(resolve_preprocess_cfg(self.encoder_config))
+        self.reduce_to = None if self.decode_config.exact_decode else self.preprocessor.input_side
         self.tokenizer = CaptionTokenizer(self.encoder_config)
         self.pool = ThreadPoolExecutor(self.decode_config.threads, thread_name_prefix="mmembed-decode")
         self.samples_in = Metrics.counter(NAMESPACE, "samples_in")
@@ -104,7 +105,7 @@ class ReadAndPrepareShard(beam.DoFn):
         if isinstance(item, SampleError):
             return item
         try:
-            decoded = decode_sample(item, self.decode_config)
+            decoded = decode_sample(item, self.decode_config, self.reduce_to)
             if isinstance(decoded, SampleError):
                 return decoded
             return prepare_sample(decoded, self.preprocessor.to_pixels, self.tokenizer)

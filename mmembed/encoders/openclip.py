@@ -108,6 +108,12 @@ class ImagePreprocessor:
         self.mean = tuple(float(v) for v in steps[-1].mean)
         self.std = tuple(float(v) for v in steps[-1].std)
 
+    @property
+    def input_side(self) -> int:
+        """The longer side of the model's input (e.g. 224): what a reduced-scale decode must not go below."""
+        size = self.cfg["size"]
+        return int(max(size) if isinstance(size, list | tuple) else size)
+
     def to_pixels(self, image: Image.Image) -> np.ndarray:
         for step in self.geometry:
             image = step(image)

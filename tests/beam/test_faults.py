@@ -140,10 +140,10 @@ def test_a_sample_that_raises_costs_only_that_sample(
     decode = beam_embed.decode_sample
     bad_key = sorted(pq.read_table(reference / "embeddings" / f"{victim}.parquet")["key"].to_pylist())[3]
 
-    def failing_decode(sample, config):  # noqa: ANN001, ANN202
+    def failing_decode(sample, config, reduce_to=None):  # noqa: ANN001, ANN202
         if (sample.shard, sample.key) == (victim, bad_key):
             raise InjectedFault("the decoder crashed")
-        return decode(sample, config)
+        return decode(sample, config, reduce_to)
 
     monkeypatch.setattr(beam_embed, "decode_sample", failing_decode)
     summary = embed(demo_shards[:3], tmp_path, tiny_config)
