@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mmembed import storage
 from mmembed.config import ConfigError, EncoderConfig
 from mmembed.index import IndexSet, load_index
 from mmembed.query import QueryEncoder, fuse
@@ -54,13 +55,14 @@ class Searcher:
 
     @classmethod
     def from_dir(cls, path: str | Path, encoder: EncoderConfig | None = None, device: str = "auto") -> Searcher:
-        """Open ``path`` (an ``mmembed index`` output); ``encoder`` overrides the recorded model (checked)."""
+        """Open ``path`` (an ``mmembed index`` output, local or an object-store URL fetched into the local
+        cache); ``encoder`` overrides the recorded model (checked)."""
         return cls(load_index(path), encoder, device)
 
     @property
     def encoder(self) -> QueryEncoder:
         if self._encoder is None:
-            where = f"index {self.index.index_dir}"
+            where = f"index {self.index.url}"
             self._encoder = QueryEncoder.for_provenance(
                 self.index.infos["provenance"], where, self._override, self._device
             )
@@ -80,10 +82,11 @@ class Searcher:
         text: str | None = None,
         text_weight: float = 0.0,
     ) -> list[list[SearchHit]]:
-        """Image queries (paths or bytes); with ``text``, a composed query weighted by ``text_weight``."""
+        """Image queries (paths, object-store URLs or bytes); with ``text``, a composed query weighted by
+        ``text_weight``."""
         self._check_target(target)
         items = [images] if isinstance(images, str | Path | bytes) else list(images)
-        data = [item if isinstance(item, bytes) else Path(item).read_bytes() for item in items]
+        data = [item if isinstance(item, bytes) else storage.read_bytes(str(item)) for item in items]
         names = [f"upload {i}" if isinstance(item, bytes) else str(item) for i, item in enumerate(items)]
         vectors = self.encoder.encode_image_bytes(data, names)
         if text is not None:

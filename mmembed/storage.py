@@ -245,14 +245,17 @@ def delete(urls: list[str]) -> None:
 
 
 def remove_temporaries(directory: str) -> int:
-    """Delete the hidden temporaries that local writers killed mid-write left in ``directory``; how many.
-
-    Object stores have none: an interrupted upload never becomes an object.
-    """
-    if not is_local(directory):
+    """Delete the hidden temporaries (files, and staging folders) that local writers killed mid-write left in
+    ``directory``; how many. Object stores have none: an interrupted upload never becomes an object."""
+    if not is_local(directory) or not os.path.isdir(local_path(directory)):
         return 0
-    found = glob(join(directory, f".*{TEMP_MARK}*"))
-    delete(found)
+    found = [e for e in os.scandir(local_path(directory)) if e.name.startswith(".") and TEMP_MARK in e.name]
+    for entry in found:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
     return len(found)
 
 
@@ -327,11 +330,12 @@ def local_copy(url: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def staged_output(url: str) -> Iterator[str]:
-    """A local path to write ``url``'s content to; on a clean exit it is published atomically at ``url``."""
-    with tempfile.TemporaryDirectory(prefix="mmembed-", dir=_stage_dir(url)) as tmp:
+    """A local path to write ``url``'s content to; on a clean exit it is published atomically at ``url`` (a
+    rename beside a local ``url``, an upload to an object store)."""
+    with tempfile.TemporaryDirectory(prefix=f".staging{TEMP_MARK}", dir=_stage_dir(url)) as tmp:
         path = os.path.join(tmp, posixpath.basename(url) or "file")
         yield path
-        upload(path, url)
+        publish(path, url)
 
 
 def _stage_dir(url: str) -> str | None:

@@ -2,8 +2,10 @@
 
 Run it with ``python -m pipelines.build_index --embeddings EMB --out EMB/index``; options not listed here are
 standard Beam pipeline options (``--runner DataflowRunner ...``) and pass through. Without ``--runner`` the job
-runs on Beam's in-process FnApiRunner, which needs no download. The launcher trains the index and merges the
-parts, so ``--out`` must be a path the launcher and every worker share (local disk for the local runner).
+runs on Beam's in-process FnApiRunner, which needs no download. ``--embeddings`` and ``--out`` are local paths
+or object-store URLs (``s3://``, ``gs://``). The launcher trains the index and merges the parts; the workers
+read the trained indexes from ``<out>/_parts`` and write their parts there, so ``--out`` must be a place the
+launcher and every worker reach: a bucket for a distributed runner, local disk for the local one.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ log = logging.getLogger(__name__)
 
 def add_build_index_arguments(parser: argparse.ArgumentParser) -> None:
     """The sharded build's own options."""
-    parser.add_argument("--embeddings", required=True, help="an embed job's --out dir (holds embeddings/*.parquet)")
-    parser.add_argument("--out", required=True, help="index dir to write (e.g. EMB/index)")
+    parser.add_argument(
+        "--embeddings", required=True, help="an embed job's --out dir (holds embeddings/*.parquet); path or s3:// gs://"
+    )
+    parser.add_argument("--out", required=True, help="index dir to write (e.g. EMB/index); path or s3:// gs:// URL")
     parser.add_argument(
         "--max-index-memory", default="4G", help="RAM budget of one index (e.g. 4G, 512M); drives the index choice"
     )

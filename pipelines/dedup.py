@@ -8,8 +8,9 @@ The launcher reads the small per-row columns (key, shard, hashes, keep-policy in
 centroids on a seeded sample; the job groups rows by sha256 (exact), by pHash band (perceptual) and by
 centroid (semantic) and writes the links and per-row semantic results into a work dir; the launcher then unions
 them into groups and writes duplicates.parquet, keep.parquet, summary.json and the histogram exactly as the
-single-machine ``run_dedup`` does (the same ``finish``). Paths are local: the launcher and every worker must
-see ``--embeddings``, ``--out`` and ``--work-dir``.
+single-machine ``run_dedup`` does (the same ``finish``). ``--embeddings``, ``--out`` and ``--work-dir`` are local
+paths or object-store URLs (``s3://``, ``gs://``; S3 configured by the AWS environment variables) that the
+launcher and every worker reach: on a cluster, use an object store.
 """
 
 from __future__ import annotations
@@ -17,23 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 import time
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
 
 from mmembed.beam.dedup import (
     NAMESPACE,
     VECTORS,
-    FindDuplicates,
     SemanticPlan,
-    WriteResults,
+    add_dedup_job,
     read_links,
     read_recall_pairs,
     read_semantic,
-    work_items,
+    stage_job,
+    work_folder,
 )
 from mmembed.beam.metrics import job_counters
 from mmembed.beam.runner import make_pipeline
@@ -78,7 +77,9 @@ def add_dedup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per Parquet read batch")
     parser.add_argument("--device", default=defaults.device, choices=DEVICES, help="faiss-gpu k-means when available")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--work-dir", help="shared dir for the job's intermediate results (default: under --out)")
+    parser.add_argument(
+        "--work-dir", help="dir or URL every worker reaches, for the job's intermediate results (default: under --out)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -136,15 +137,10 @@ def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pip
     count = files.count
     plan = semantic_plan(files, config, device, device if local else config.device) if sem_on and count else None
     counters: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="dedup-work-", dir=config.work_dir or out) as work:
+    with work_folder(config.work_dir or out) as work:
         if count:
             pipeline = test_pipeline if test_pipeline is not None else make_pipeline(beam_args)
-            _ = (
-                pipeline
-                | "Files" >> beam.Create(work_items(files))
-                | "FindDuplicates" >> FindDuplicates(config.methods, config.phash_threshold, config.batch_size, plan)
-                | "WriteResults" >> WriteResults(work)
-            )
+            add_dedup_job(pipeline, stage_job(work, files, config, plan))
             result = pipeline.run()
             result.wait_until_finish()
             counters = job_counters(result, NAMESPACE)

@@ -8,17 +8,27 @@
                                        --GroupByKey--> semantic.compare_cluster             -> links, per-row stats
                         recall pairs of the seeded query rows against this file             -> recall
 
-Each result is a small Arrow table; they are written as Parquet under a work dir (Beam's file sink, so a retried
-bundle leaves no duplicate) and ``read_results`` turns them back into the ``Links`` and ``SemanticDuplicates``
-the single-machine ``run_dedup`` computes from the same data.
+Each result is a small Arrow table; they are written as Parquet under a work dir through ``mmembed.storage``
+(a local path or an object-store URL that the launcher and every worker reach) and listed in a manifest that
+names only the files of committed bundles, so a retried bundle leaves no duplicate; ``read_links`` and
+``read_semantic`` turn them back into the ``Links`` and ``SemanticDuplicates`` the single-machine ``run_dedup``
+computes from the same data.
+
+The job graph holds settings and URLs only: the work-item list and the semantic plan's arrays (k x dim
+centroids, the recall query vectors), which grow with the data, are written to the work dir by ``stage_job``
+and loaded by the workers in ``setup``, once per process.
 """
 
 from __future__ import annotations
 
-import glob
-import os
+import contextlib
+import io
+import json
+import logging
+import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import apache_beam as beam
@@ -27,12 +37,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.shared import Shared
 
+from mmembed import storage
 from mmembed.dedup import exact, perceptual, semantic
-from mmembed.dedup.config import SemanticConfig
+from mmembed.dedup.config import DedupConfig, SemanticConfig
 from mmembed.dedup.links import Links, reduce_links, star_links
+from mmembed.dedup.outputs import write_parquet
 from mmembed.index.build import resolve_device
-from mmembed.index.reader import EmbeddingFiles, read_error
+from mmembed.index.reader import EmbeddingFiles, iter_columns, read_error
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "mmembed"  # the embed and index jobs' counter namespace too
 VECTORS = "image_embedding"
@@ -53,6 +68,7 @@ SEMANTIC_SCHEMA = pa.schema(
 RECALL_SCHEMA = pa.schema([("left", pa.int64()), ("right", pa.int64())])
 SCHEMAS = {LINKS: LINKS_SCHEMA, SEMANTIC: SEMANTIC_SCHEMA, RECALL: RECALL_SCHEMA}
 TABLE_ROWS = 1 << 20  # rows per written table (one Parquet row group)
+ITEMS_FILE, PLAN_FILE, MANIFEST_FILE = "files.json", "semantic-plan.npz", "manifest.json"  # in the work dir
 _UINT64 = (1 << 64) - 1
 
 
@@ -77,6 +93,28 @@ class SemanticPlan:
     recall_vectors: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class PlanFile:
+    """Where ``stage_job`` stored a ``SemanticPlan``'s arrays (one ``.npz``), with its small settings: what the
+    job graph holds instead of the arrays."""
+
+    url: str
+    config: SemanticConfig
+
+
+@dataclass(frozen=True)
+class DedupJob:
+    """Everything the job graph holds: the work dir, the URL of the work-item list, the per-method settings and
+    the semantic plan's file (None: no semantic method)."""
+
+    work_dir: str
+    items: str
+    methods: tuple[str, ...]
+    phash_threshold: int
+    batch_size: int
+    plan: PlanFile | None = None
+
+
 def work_items(files: EmbeddingFiles) -> list[EmbeddingsFile]:
     """The non-empty files with their first global row id (from the footers' row counts)."""
     starts = np.cumsum((0, *files.counts))
@@ -87,25 +125,51 @@ def work_items(files: EmbeddingFiles) -> list[EmbeddingsFile]:
     ]
 
 
-def read_batches(file: EmbeddingsFile, columns: list[str], batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(first global row id, batch) over ``columns`` of one file; a corrupt or short file is an
-    ``EmbeddingsReadError`` naming it."""
+def stage_job(work_dir: str, files: EmbeddingFiles, config: DedupConfig, plan: SemanticPlan | None) -> DedupJob:
+    """Write what grows with the data (the work items of ``files``, the plan's arrays) into ``work_dir``; the
+    job that reads them back."""
+    items = storage.join(work_dir, ITEMS_FILE)
+    storage.write_bytes(items, json.dumps([asdict(item) for item in work_items(files)]).encode())
+    plan_file = save_plan(plan, storage.join(work_dir, PLAN_FILE)) if plan is not None else None
+    return DedupJob(work_dir, items, config.methods, config.phash_threshold, config.batch_size, plan_file)
+
+
+def load_work_items(url: str) -> list[EmbeddingsFile]:
+    """The work items ``stage_job`` wrote to ``url``."""
+    return [EmbeddingsFile(**item) for item in json.loads(storage.read_bytes(url))]
+
+
+def save_plan(plan: SemanticPlan, url: str) -> PlanFile:
+    """Write the plan's arrays to ``url`` (an uncompressed ``.npz``, built in memory: it is a few MB at most)."""
+    arrays = {"centroids": plan.centroids}
+    if plan.recall_rows is not None:
+        arrays.update(recall_rows=plan.recall_rows, recall_vectors=plan.recall_vectors)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    storage.write_bytes(url, buffer.getvalue())
+    return PlanFile(url, plan.config)
+
+
+def read_plan(plan_file: PlanFile) -> SemanticPlan:
+    """The plan ``save_plan`` wrote (arrays read-only: one copy serves every thread of a worker)."""
+    with np.load(io.BytesIO(storage.read_bytes(plan_file.url)), allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    for array in arrays.values():
+        array.setflags(write=False)
+    return SemanticPlan(arrays["centroids"], plan_file.config, arrays.get("recall_rows"), arrays.get("recall_vectors"))
+
+
+def load_plan(plan_file: PlanFile, handle: Shared) -> SemanticPlan:
+    """The plan of ``plan_file``, read once per worker process and shared by its DoFn instances (``handle``)."""
+    return handle.acquire(lambda: read_plan(plan_file), tag=plan_file.url)
+
+
+def read_batches(file: EmbeddingsFile, columns: list[str], batch_size: int) -> Iterator[tuple[int, pa.Table]]:
+    """(first global row id, batch) over ``columns`` of one file, read by the index reader; a corrupt or short
+    file is an ``EmbeddingsReadError`` naming it."""
+    single = EmbeddingFiles((file.path,), (file.rows,), 0, {})  # iter_columns reads paths and counts only
     start = file.start
-    try:
-        parquet = pq.ParquetFile(file.path)
-        missing = [c for c in columns if c not in parquet.schema_arrow.names]
-        if missing:
-            raise pa.ArrowInvalid(f"columns {missing} missing; written by an older embed job?")
-        batches = parquet.iter_batches(batch_size=batch_size, columns=columns)
-    except (OSError, pa.ArrowException) as exc:
-        raise read_error(file.path, exc) from exc
-    while True:
-        try:
-            batch = next(batches, None)
-        except (OSError, pa.ArrowException) as exc:
-            raise read_error(file.path, exc) from exc
-        if batch is None:
-            break
+    for batch in iter_columns(single, columns, batch_size):
         yield start, batch
         start += batch.num_rows
     if start != file.start + file.rows:
@@ -124,14 +188,17 @@ class ReadFileFn(beam.DoFn):
     """One embeddings file -> (sha256, row) and (signed 64-bit phash, row) per row; per batch, (cluster, (rows,
     vectors)) per assigned cluster (vectors in the file's dtype); recall pairs of the query rows in this file."""
 
-    def __init__(self, methods: tuple[str, ...], batch_size: int, plan: SemanticPlan | None) -> None:
-        self.methods = methods
-        self.batch_size = batch_size
-        self.plan = plan
+    def __init__(self, job: DedupJob, handle: Shared) -> None:
+        self.methods = job.methods
+        self.batch_size = job.batch_size
+        self.plan_file = job.plan
+        self.handle = handle
+        self.plan: SemanticPlan | None = None
         self.device = "cpu"
 
     def setup(self) -> None:
-        if self.plan is not None:
+        if self.plan_file is not None:
+            self.plan = load_plan(self.plan_file, self.handle)
             self.device = resolve_device(self.plan.config.device)
 
     def process(self, file: EmbeddingsFile) -> Iterator[Any]:
@@ -152,9 +219,10 @@ class ReadFileFn(beam.DoFn):
         Metrics.counter(NAMESPACE, "dedup_files").inc()
         Metrics.counter(NAMESPACE, "dedup_rows").inc(file.rows)
 
-    def _vectors(self, column: pa.Array, rows: np.ndarray, start: int) -> Iterator[Any]:
+    def _vectors(self, column: pa.ChunkedArray, rows: np.ndarray, start: int) -> Iterator[Any]:
         plan = self.plan
-        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), -1)  # float16 stays float16
+        values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = values.reshape(len(rows), -1)  # float16 stays float16
         top, _ = semantic.assign(vectors, plan.centroids, self.device)
         order = np.argsort(top, kind="stable")
         bounds = np.flatnonzero(np.diff(top[order])) + 1
@@ -226,12 +294,14 @@ class CompareClusterFn(beam.DoFn):
     """One k-means cluster (its chunks, any order) -> links (main output) and per-row stats (``SEMANTIC``):
     rows sorted so splitting and tiles see what ``run_dedup`` sees."""
 
-    def __init__(self, plan: SemanticPlan) -> None:
-        self.plan = plan
-        self.config = plan.config
+    def __init__(self, plan_file: PlanFile, handle: Shared) -> None:
+        self.plan_file = plan_file
+        self.handle = handle
+        self.config = plan_file.config
 
     def setup(self) -> None:
-        self.config = replace(self.plan.config, device=resolve_device(self.plan.config.device))
+        self.centroids = load_plan(self.plan_file, self.handle).centroids
+        self.config = replace(self.plan_file.config, device=resolve_device(self.plan_file.config.device))
 
     def process(self, item: tuple[int, Iterable[tuple[np.ndarray, np.ndarray]]]) -> Iterator[Any]:
         cluster, chunks = item
@@ -239,7 +309,7 @@ class CompareClusterFn(beam.DoFn):
         rows = np.concatenate(rows_list)
         order = np.argsort(rows, kind="stable")
         vectors = np.ascontiguousarray(np.concatenate(vector_list)[order], dtype=np.float32)
-        parts = semantic.compare_cluster(vectors, rows[order], self.plan.centroids[cluster], self.config)
+        parts = semantic.compare_cluster(vectors, rows[order], self.centroids[cluster], self.config)
         Metrics.counter(NAMESPACE, "dedup_clusters").inc()
         if len(rows) > self.config.max_cluster_size:
             Metrics.counter(NAMESPACE, "dedup_split_clusters").inc()
@@ -273,25 +343,35 @@ class _ConcatRows(beam.CombineFn):
         return np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *accumulator]))
 
 
+class ReadWorkItems(beam.PTransform):
+    """The work items ``stage_job`` wrote to ``url`` as a PCollection of ``EmbeddingsFile`` (the graph holds
+    the URL, not the list)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
+        return pipeline | "Url" >> beam.Create([self.url]) | "Load" >> beam.FlatMap(load_work_items)
+
+
 class FindDuplicates(beam.PTransform):
     """PCollection of ``EmbeddingsFile`` -> {LINKS, SEMANTIC, RECALL: PCollection of Arrow tables}; each method
-    in ``methods`` runs, semantic (and recall) only with a ``plan``."""
+    of ``job.methods`` runs, semantic (and recall) only with a plan."""
 
-    def __init__(self, methods: tuple[str, ...], phash_threshold: int, batch_size: int, plan: SemanticPlan | None):
+    def __init__(self, job: DedupJob) -> None:
         super().__init__()
-        self.methods = methods
-        self.threshold = phash_threshold
-        self.batch_size = batch_size
-        self.plan = plan
+        self.job = job
+        self.methods = job.methods
+        self.threshold = job.phash_threshold
+        self.plan = job.plan
+        self.handle = Shared()  # one plan per worker process, for both DoFns that need it
 
     def expand(self, files: beam.PCollection) -> dict[str, beam.PCollection]:
         read = (
             files
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadFiles"
-            >> beam.ParDo(ReadFileFn(self.methods, self.batch_size, self.plan)).with_outputs(
-                SHA256, PHASH, CLUSTER, RECALL
-            )
+            | "ReadFiles" >> beam.ParDo(ReadFileFn(self.job, self.handle)).with_outputs(SHA256, PHASH, CLUSTER, RECALL)
         )
         pipeline = files.pipeline
         links, semantic_rows = [], []
@@ -325,7 +405,8 @@ class FindDuplicates(beam.PTransform):
             clusters = (
                 chunks
                 | "GroupByCluster" >> beam.GroupByKey()
-                | "CompareClusters" >> beam.ParDo(CompareClusterFn(self.plan)).with_outputs(SEMANTIC, main=LINKS)
+                | "CompareClusters"
+                >> beam.ParDo(CompareClusterFn(self.plan, self.handle)).with_outputs(SEMANTIC, main=LINKS)
             )
             links.append(clusters[LINKS])
             semantic_rows.append(clusters[SEMANTIC])
@@ -342,56 +423,106 @@ def _flatten(pipeline: beam.Pipeline, parts: list[beam.PCollection], label: str)
     return tuple(parts) | f"All{label}" >> beam.Flatten()
 
 
-class _Concat(beam.DoFn):
-    """Small tables -> tables of about ``TABLE_ROWS`` rows per bundle, so the sink writes few row groups."""
+class WriteTablesFn(beam.DoFn):
+    """Tables of one result kind -> Parquet files of about ``TABLE_ROWS`` rows in ``<work_dir>/<kind>/``, each
+    under a name no other attempt uses, written through ``storage.write_atomic``; yields (kind, URL) per file.
 
-    def __init__(self, schema: pa.Schema) -> None:
-        self.schema = schema
+    A runner drops the outputs of a failed bundle, so the URLs that reach ``WriteManifest`` are exactly the
+    committed files (Beam's file sink does the same with temporary files and a finalize step); a failed
+    attempt's files stay unnamed and go with the work dir.
+    """
+
+    def __init__(self, work_dir: str, kind: str) -> None:
+        self.folder = storage.join(work_dir, kind)
+        self.kind = kind
 
     def start_bundle(self) -> None:
         self.tables: list[pa.Table] = []
         self.rows = 0
 
-    def process(self, table: pa.Table) -> Iterator[pa.Table]:
+    def process(self, table: pa.Table) -> Iterator[tuple[str, str]]:
         self.tables.append(table)
         self.rows += table.num_rows
         if self.rows >= TABLE_ROWS:
-            yield self._take()
+            yield self._write()
 
     def finish_bundle(self) -> Iterator[Any]:
         if self.tables:
-            yield GlobalWindows.windowed_value(self._take())
+            yield GlobalWindows.windowed_value(self._write())
 
-    def _take(self) -> pa.Table:
-        table = pa.concat_tables(self.tables).cast(self.schema)
+    def _write(self) -> tuple[str, str]:
+        table = pa.concat_tables(self.tables).cast(SCHEMAS[self.kind])
         self.tables, self.rows = [], 0
-        return table
+        url = storage.join(self.folder, f"part-{uuid.uuid4().hex}.parquet")
+        write_parquet(url, table)
+        return self.kind, url
+
+
+def write_manifest(written: list[tuple[str, str]], work_dir: str) -> None:
+    """The committed result files by kind, as ``<work_dir>/manifest.json`` (written last: the job's end mark)."""
+    manifest: dict[str, list[str]] = {kind: [] for kind in SCHEMAS}
+    for kind, url in written:
+        manifest[kind].append(url)
+    text = json.dumps({kind: sorted(urls) for kind, urls in manifest.items()}, indent=1)
+    storage.write_bytes(storage.join(work_dir, MANIFEST_FILE), text.encode())
 
 
 class WriteResults(beam.PTransform):
-    """{kind: PCollection of tables} -> Parquet files ``<work_dir>/<kind>/part-*.parquet``."""
+    """{kind: PCollection of tables} -> Parquet files under ``<work_dir>/<kind>/`` and the manifest naming them."""
 
     def __init__(self, work_dir: str) -> None:
         super().__init__()
         self.work_dir = work_dir
 
-    def expand(self, results: dict[str, beam.PCollection]) -> None:
-        for kind, tables in results.items():
-            schema = SCHEMAS[kind]
-            _ = (
-                tables
-                | f"Concat{kind.title()}" >> beam.ParDo(_Concat(schema))
-                | f"Write{kind.title()}"
-                >> beam.io.WriteToParquetBatched(
-                    os.path.join(self.work_dir, kind, "part"), schema, file_name_suffix=".parquet"
-                )
-            )
+    def expand(self, results: dict[str, beam.PCollection]) -> beam.PCollection:
+        written = [
+            tables | f"Write{kind.title()}" >> beam.ParDo(WriteTablesFn(self.work_dir, kind))
+            for kind, tables in results.items()
+        ]
+        return (
+            tuple(written)
+            | "AllWritten" >> beam.Flatten()
+            | "ListWritten" >> beam.combiners.ToList()
+            | "WriteManifest" >> beam.Map(write_manifest, self.work_dir)
+        )
+
+
+def add_dedup_job(pipeline: beam.Pipeline, job: DedupJob) -> None:
+    """The whole dedup job on ``pipeline``: work items -> duplicates found -> result files and manifest."""
+    _ = (
+        pipeline
+        | "Files" >> ReadWorkItems(job.items)
+        | "FindDuplicates" >> FindDuplicates(job)
+        | "WriteResults" >> WriteResults(job.work_dir)
+    )
+
+
+@contextlib.contextmanager
+def work_folder(base: str) -> Iterator[str]:
+    """A fresh folder under ``base`` for one run's intermediate files (the launcher and every worker must reach
+    it), removed afterwards: a temporary directory on a local disk, a unique prefix on an object store."""
+    if storage.is_local(base):
+        storage.make_dirs(base)
+        with tempfile.TemporaryDirectory(prefix="dedup-work-", dir=storage.local_path(base)) as work:
+            yield work
+        return
+    work = storage.join(base, f"dedup-work-{uuid.uuid4().hex}")
+    try:
+        yield work
+    finally:
+        try:
+            storage.delete(storage.glob(storage.join(work, "**")))
+        except OSError as exc:  # never hide the job's own error; the leftovers are only intermediate files
+            log.warning("could not remove the dedup work dir %s (%s); delete it by hand", work, exc)
 
 
 def read_result(work_dir: str, kind: str) -> pa.Table:
-    """Every table the job wrote for ``kind`` (empty when it wrote none)."""
-    paths = sorted(glob.glob(os.path.join(work_dir, kind, "part*.parquet")))
-    tables = [pq.read_table(p, schema=SCHEMAS[kind]) for p in paths]
+    """Every table the job committed for ``kind`` (empty when it wrote none), as its manifest lists them."""
+    manifest = json.loads(storage.read_bytes(storage.join(work_dir, MANIFEST_FILE)))
+    tables = []
+    for url in manifest[kind]:
+        with storage.open_read(url) as f:
+            tables.append(pq.read_table(f, schema=SCHEMAS[kind]))
     return pa.concat_tables(tables) if tables else SCHEMAS[kind].empty_table()
 
 

@@ -1,4 +1,5 @@
-"""``dedup``: exact, perceptual and semantic duplicate groups, a keep list, and optionally clean shards."""
+"""``dedup``: exact, perceptual and semantic duplicate groups, a keep list, and optionally clean shards; every
+path may be a local one or an object-store URL (``s3://``, ``gs://``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def dedup_command(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.dedup import run_dedup
+    from mmembed.dedup.outputs import require_bucket
+    from mmembed.shards import list_shards
     from pipelines.dedup import config_from_args
 
     if args.write_shards and not args.shards:
@@ -27,6 +30,10 @@ def dedup_command(args: argparse.Namespace, extra: list[str]) -> int:
     if extra and not args.beam:
         raise ValueError(f"unrecognized arguments: {' '.join(extra)} (Beam options apply with --beam only)")
     config = config_from_args(args)
+    shards: list[str] = []
+    if args.write_shards:  # a shard pattern matching nothing or a missing bucket fails before the run
+        shards = list_shards(args.shards)
+        require_bucket(args.write_shards)
     if args.beam:
         from pipelines.dedup import run_config
 
@@ -34,15 +41,13 @@ def dedup_command(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         summary = run_dedup(config)
     if args.write_shards:
-        from mmembed.beam.filesystem import list_shards
+        from mmembed import storage
         from mmembed.config import DecodeConfig
         from mmembed.dedup.outputs import KEEP_FILE
         from mmembed.dedup.write_shards import write_deduplicated_shards
-        from mmembed.outputs import join
 
-        written = write_deduplicated_shards(
-            list_shards(args.shards), join(args.out, KEEP_FILE), args.write_shards, DecodeConfig().image_extensions
-        )
+        keep = storage.join(args.out, KEEP_FILE)
+        written = write_deduplicated_shards(shards, keep, args.write_shards, DecodeConfig().image_extensions)
         summary["written_shards"] = {k: written[k] for k in ("shards", "samples")}
     print_json(summary)
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
+from mmembed import storage
 from mmembed.commands.output import format_table, print_json
 from mmembed.config import DEVICES
 
@@ -24,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.set_defaults(handler=index, passes_unknown=True)
 
     evaluate = sub.add_parser("eval-index", help="recall@1/10/100 and queries/s of an index vs exact search")
-    evaluate.add_argument("--index", required=True, help="index dir")
+    evaluate.add_argument("--index", required=True, help="index dir (path or s3:// gs:// URL)")
     evaluate.add_argument("--embeddings", help="embed output dir (default: the files recorded in infos.json)")
     evaluate.add_argument("--queries", type=int, default=1000, help="how many of the set's own vectors to query")
-    evaluate.add_argument("--queries-file", help="text queries, one per line, for text -> image")
+    evaluate.add_argument("--queries-file", help="text queries, one per line, for text -> image (path or URL)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="auto", choices=DEVICES, help="query encoder device")
     evaluate.add_argument("--json", action="store_true")
@@ -37,14 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def index(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.index import append, build_index
     from mmembed.index.reader import list_embedding_files
-    from mmembed.index.store import read_infos
+    from mmembed.index.store import base_name, read_infos
     from pipelines.build_index import config_from_args
 
     if extra and not args.sharded:
         raise ValueError(f"unrecognized arguments: {' '.join(extra)} (Beam options apply with --sharded only)")
     if args.append:
-        indexed = {Path(s["path"]).name for s in read_infos(args.out)["sources"]["files"]}
-        new = [f for f in list_embedding_files(args.embeddings) if Path(f).name not in indexed]
+        indexed = {base_name(s["path"]) for s in read_infos(args.out)["sources"]["files"]}
+        new = [f for f in list_embedding_files(args.embeddings) if base_name(f) not in indexed]
         if not new:
             print_json({"appended_rows": 0, "message": f"no new embeddings files under {args.embeddings}"})
             return 0
@@ -77,7 +77,7 @@ def eval_index(args: argparse.Namespace, extra: list[str]) -> int:
         files = open_files([s["path"] for s in loaded.infos["sources"]["files"]])
     text_queries = None
     if args.queries_file:
-        lines = [line.strip() for line in Path(args.queries_file).read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in storage.read_bytes(args.queries_file).decode("utf-8").splitlines()]
         where = f"index {args.index}"
         encoder = QueryEncoder.for_provenance(loaded.infos["provenance"], where, device=args.device)
         text_queries = encoder.encode_texts([line for line in lines if line])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
+from mmembed import storage
 from mmembed.commands.output import format_table, print_json
 from mmembed.config import DEVICES, EncoderConfig
 
@@ -17,10 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     search = sub.add_parser("search", help="search an index with text or image queries")
     search.add_argument("query", nargs="?", help="text query (or use --text, --image, --queries-file)")
-    search.add_argument("--index", required=True, help="index dir written by `mmembed index`")
+    search.add_argument(
+        "--index", required=True, help="index dir written by `mmembed index` (path or s3:// gs:// URL; cached locally)"
+    )
     search.add_argument("-k", type=int, default=10, help="results per query")
     search.add_argument("--text", help="text query; with --image, the text modifier of a composed query")
-    search.add_argument("--image", action="append", help="query image file (repeatable)")
+    search.add_argument("--image", action="append", help="query image file or URL (repeatable)")
     search.add_argument("--text-weight", type=float, default=0.3, help="weight of --text in a composed query")
     search.add_argument("--queries-file", help="text queries, one per line, searched in one batch")
     search.add_argument(
@@ -73,7 +75,7 @@ def _override(args: argparse.Namespace) -> EncoderConfig | None:
 def _text_queries(text: str | None, queries_file: str | None) -> list[str]:
     queries = [text] if text else []
     if queries_file:
-        lines = Path(queries_file).read_text(encoding="utf-8").splitlines()
+        lines = storage.read_bytes(queries_file).decode("utf-8").splitlines()
         queries += [line.strip() for line in lines if line.strip()]
     if not queries:
         raise ValueError("no query: give a text, --image FILE or --queries-file FILE")

@@ -19,14 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeConfig(index_dir="")
-    parser.add_argument("--index", required=True, help="index dir written by `mmembed index`")
+    parser.add_argument(
+        "--index",
+        required=True,
+        help="index dir written by `mmembed index`: a local path, or an s3:// or gs:// URL (fetched once into a "
+        "local cache and memory-mapped)",
+    )
     parser.add_argument(
         "--shards",
         action="append",
         default=[],
-        help="the embedded tar shards (glob, {a..b} braces or a path; repeatable), for thumbnails; matched to the "
-        "index by file name without .tar. Without it search works but thumbnails answer 404. .tar.gz shards "
-        "cannot be seeked: their samples get no thumbnail",
+        help="the embedded tar shards (glob, {a..b} braces or a path, local or s3:// / gs://; repeatable), for "
+        "thumbnails; matched to the index by file name without .tar. Images are read by byte ranges, never whole "
+        "shards. Without it search works but thumbnails answer 404. .tar.gz shards cannot be seeked: their "
+        "samples get no thumbnail",
     )
     parser.add_argument("--host", default=d.host, help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=d.port)

@@ -56,7 +56,9 @@ class SemanticConfig:
 
 @dataclass(frozen=True)
 class DedupConfig:
-    """Find duplicate groups in one embed output dir and write the keep list into ``out_dir`` (local paths).
+    """Find duplicate groups in one embed output dir and write the keep list into ``out_dir`` (each a local path
+    or an object-store URL such as ``s3://bucket/emb``; ``work_dir`` too for the Beam job, which keeps its
+    intermediate results there, while the single-machine run needs a local one for its vector memmap).
 
     methods: any of 'exact' (same sha256 of the image bytes), 'perceptual' (pHash within ``phash_threshold``
     bits), 'semantic' (SemDeDup: image-embedding cosine > 1 - ``eps`` inside k-means clusters).
@@ -93,12 +95,6 @@ class DedupConfig:
             object.__setattr__(self, "methods", tuple(self.methods))  # YAML and CLI give lists
         if not self.embeddings_dir or not self.out_dir:
             raise ConfigError("give both embeddings_dir (an embed job's --out) and out_dir (where dedup results go)")
-        for name in ("embeddings_dir", "out_dir"):
-            if "://" in getattr(self, name):
-                raise ConfigError(
-                    f"{name} {getattr(self, name)!r}: the single-machine dedup reads and writes local "
-                    "paths; copy the files locally or run the Beam dedup pipeline"
-                )
         methods = METHODS if self.methods is None else self.methods
         unknown = [m for m in methods if m not in METHODS]
         if not methods or unknown or len(set(methods)) != len(methods):

@@ -1,10 +1,11 @@
-"""What a dedup run leaves in its out dir: duplicates.parquet, keep.parquet, summary.json and a histogram of
-nearest-neighbour similarities for picking eps. Every file is written under a temp name, then renamed."""
+"""What a dedup run leaves in its out dir (a local path or an object-store URL): duplicates.parquet, keep.parquet,
+summary.json and a histogram of nearest-neighbour similarities for picking eps. Every file is written with
+``storage.write_atomic``, so no reader ever sees a partial one."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import posixpath
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,8 @@ import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mmembed import storage
 from mmembed.dedup.groups import METHOD_BITS, method_names
-from mmembed.index.store import atomic_path
 
 DUPLICATES_FILE = "duplicates.parquet"
 KEEP_FILE = "keep.parquet"
@@ -36,15 +37,22 @@ _METHOD_LISTS = pa.array([method_names(bits) for bits in range(1 << len(METHOD_B
 KEEP_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
 
-def write_parquet(path: str | Path, table: pa.Table) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+def require_bucket(url: str) -> None:
+    """Fail now, naming it, when the bucket of an object-store output ``url`` does not exist, rather than after
+    the whole run when the first write fails; local outputs are checked by ``storage.check_writable``."""
+    if not storage.is_local(url):
+        storage.glob(storage.join(url, "*"))  # finds nothing in a missing bucket, and then says so
 
 
-def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-        f.write("\n")
+def write_parquet(url: str, table: pa.Table) -> None:
+    """``table`` as one Parquet file at ``url``, atomically."""
+    storage.write_atomic(url, lambda f: pq.write_table(table, f))
+
+
+def write_summary(url: str, summary: dict[str, Any]) -> None:
+    """``summary`` as indented JSON with sorted keys at ``url``, atomically."""
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    storage.write_bytes(url, text.encode("utf-8"))
 
 
 def duplicates_table(
@@ -78,7 +86,7 @@ def keep_table(key: pa.ChunkedArray, shard: pa.ChunkedArray, keep: np.ndarray) -
     return pa.table({"key": key.take(take), "shard": shard.take(take)}, schema=KEEP_SCHEMA)
 
 
-def write_histogram(path: str | Path, nearest: np.ndarray, eps: float, source: str) -> dict[str, Any]:
+def write_histogram(url: str, nearest: np.ndarray, eps: float, source: str) -> dict[str, Any]:
     """Histogram of each vector's best cosine to another vector, with 1 - eps marked, so a user can see where
     the duplicate mass starts and pick eps; returns the plotted counts."""
     values = np.asarray(nearest, dtype=np.float64)
@@ -96,6 +104,5 @@ def write_histogram(path: str | Path, nearest: np.ndarray, eps: float, source: s
     axes.set_title(f"Nearest-neighbour similarity of {len(values)} images ({source})")
     axes.legend(loc="upper left")
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    return {"file": Path(path).name, "images": len(values), "above_threshold": above, "source": source}
+    storage.write_atomic(url, lambda f: figure.savefig(f, format="png"))
+    return {"file": posixpath.basename(url), "images": len(values), "above_threshold": above, "source": source}

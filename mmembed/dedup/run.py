@@ -1,8 +1,10 @@
 """Single-machine dedup of one embed output dir: exact, perceptual and semantic links -> groups -> keep list.
 
-Memory: the small per-row columns (ids, hashes, keep inputs) plus a few numbers per row; vectors go once from
-Parquet into a local memmap (``work_dir``, removed afterwards) and are read back one cluster at a time.
-Every output is written atomically and summary.json last, so its presence marks a complete run.
+The embeddings and the out dir are local paths or object-store URLs (``mmembed.storage``). Memory: the small
+per-row columns (ids, hashes, keep inputs) plus a few numbers per row; vectors go once from Parquet into a
+local memmap (in ``work_dir``, a local out dir, or the system temp dir; removed afterwards) and are read back
+one cluster at a time. Every output is written atomically and summary.json last, so its presence marks a
+complete run.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.dedup import exact, perceptual, semantic
 from mmembed.dedup.columns import numeric, read_columns
@@ -43,6 +45,7 @@ from mmembed.dedup.outputs import (
     SUMMARY_FILE,
     duplicates_table,
     keep_table,
+    require_bucket,
     write_histogram,
     write_parquet,
     write_summary,
@@ -63,6 +66,7 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
     files = open_embeddings(config.embeddings_dir)
     config = config.for_embeddings(files.provenance)
     device = resolve_device(config.device) if "semantic" in config.methods else "cpu"
+    work_parent = local_work_dir(config)
     out = prepare_out(config)
     columns = read_columns(files, batch_size=config.batch_size)
     count = files.count
@@ -72,7 +76,7 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
     if "perceptual" in config.methods:
         links.append(perceptual.perceptual_links(perceptual.phash_codes(columns["phash"]), config.phash_threshold))
     log.info("dedup of %d rows: %s", count, ", ".join(f"{x.method} {x.pairs} pairs" for x in links) or "no hash pass")
-    with tempfile.TemporaryDirectory(prefix="dedup-work-", dir=config.work_dir or out) as work:
+    with tempfile.TemporaryDirectory(prefix="dedup-work-", dir=work_parent) as work:
         store = VectorStore(work, count, files.dim) if "semantic" in config.methods and count else None
         sem = None
         if store is not None:
@@ -89,7 +93,7 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
 def finish(
     config: DedupConfig,
     files: EmbeddingFiles,
-    out: Path,
+    out: str,
     columns: pa.Table,
     links: list[Links],
     sem: semantic.SemanticDuplicates | None,
@@ -121,14 +125,15 @@ def finish(
     groups = split_chains(components, score, rank, near_tests(config, columns, vectors_of))
     kept = choose_kept(groups, score, rank)
     similarity = similarity_to_kept(groups, kept, vectors_of, GATHER_CHUNK)
-    histogram = (
-        write_histogram(out / HISTOGRAM_FILE, sem.nearest, config.eps, "within k-means clusters") if sem else None
-    )
+    histogram = None
+    if sem is not None:
+        source = "within k-means clusters"
+        histogram = write_histogram(storage.join(out, HISTOGRAM_FILE), sem.nearest, config.eps, source)
     keep = kept_mask(groups, kept)
     _write_tables(out, columns, groups, keep, similarity)
     summary = _summary(config, files, groups, keep, links, sem, histogram, device, time.perf_counter() - began)
     summary.update(extra or {})
-    write_summary(out / SUMMARY_FILE, summary)
+    write_summary(storage.join(out, SUMMARY_FILE), summary)
     log.info(
         "dedup: %d groups, %d of %d rows removed (%.2f%%)",
         groups.count,
@@ -209,31 +214,47 @@ def _gatherer(files: EmbeddingFiles, batch_size: int) -> Callable[[np.ndarray], 
     return lambda rows: gather_rows(files, VECTORS, rows, batch_size)
 
 
-def prepare_out(config: DedupConfig) -> Path:
-    """The out dir, created; existing outputs refused unless ``overwrite`` (then removed, so none goes stale)."""
-    out = Path(config.out_dir)
-    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+def prepare_out(config: DedupConfig) -> str:
+    """The out dir (a local one created and checked writable); existing outputs refused unless ``overwrite``
+    (then removed, so none goes stale)."""
+    out = config.out_dir
+    require_bucket(out)
+    existing = [name for name in OUTPUT_FILES if storage.exists(storage.join(out, name))]
     if existing and not config.overwrite:
         raise ConfigError(
             f"{out} already holds dedup outputs ({', '.join(existing)}); pass overwrite=True "
             "(--overwrite) to replace them, or choose another out dir"
         )
-    for name in existing:  # a re-run must not leave a stale file the new methods do not write (the histogram)
-        (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    # a re-run must not leave a stale file the new methods do not write (the histogram)
+    storage.delete([storage.join(out, name) for name in existing])
+    storage.check_writable(out)
     if config.work_dir:
-        Path(config.work_dir).mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(config.work_dir)
     return out
 
 
-def _write_tables(out: Path, columns: pa.Table, groups: Groups, keep: np.ndarray, similarity: np.ndarray) -> None:
+def local_work_dir(config: DedupConfig) -> str | None:
+    """Where the single-machine run keeps its vector memmap: ``work_dir``, else a local out dir, else the system
+    temp dir (None); a memmap needs a local disk, so an object-store ``work_dir`` is refused."""
+    if config.work_dir and not storage.is_local(config.work_dir):
+        raise ConfigError(
+            f"work_dir {config.work_dir!r}: the single-machine dedup maps vectors from a local disk; give a local "
+            "folder (an object-store work_dir is for the Beam job)"
+        )
+    if config.work_dir:
+        return storage.local_path(config.work_dir)
+    out = config.out_dir
+    return storage.local_path(out) if storage.is_local(out) else None
+
+
+def _write_tables(out: str, columns: pa.Table, groups: Groups, keep: np.ndarray, similarity: np.ndarray) -> None:
     members = groups.members
     key, shard = columns["key"], columns["shard"]
     table = duplicates_table(
         key, shard, members, groups.group[members], keep[members], groups.methods[members], similarity
     )
-    write_parquet(out / DUPLICATES_FILE, table)
-    write_parquet(out / KEEP_FILE, keep_table(key, shard, keep))
+    write_parquet(storage.join(out, DUPLICATES_FILE), table)
+    write_parquet(storage.join(out, KEEP_FILE), keep_table(key, shard, keep))
 
 
 def _summary(

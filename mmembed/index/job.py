@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 import faiss
 import numpy as np
 
+from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.index.build import add_batches, new_index, resolve_device, train
 from mmembed.index.choose import IndexChoice, choose_index, estimate_memory
@@ -36,10 +36,17 @@ from mmembed.index.store import (
     FORMAT_VERSION,
     IDS_FILE,
     INDEX_FILES,
+    base_name,
+    generation_name,
+    ids_name,
+    ondisk_data_name,
+    ondisk_lists,
     prepare_dir,
     read_index,
     read_infos,
     read_text_mask,
+    remove_leftovers,
+    remove_unreferenced,
     write_ids,
     write_index,
     write_infos,
@@ -65,8 +72,8 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
     out = prepare_dir(config.out_dir, config.overwrite)
     choice = _choice(config, files)
     log.info("indexing %d vectors of dim %d as %s (%s)", files.count, files.dim, choice.key, choice.reason)
-    write_ids(out / IDS_FILE, iter_ids(files, config.batch_size))
-    has_text = read_text_mask(out / IDS_FILE)
+    write_ids(storage.join(out, IDS_FILE), iter_ids(files, config.batch_size))
+    has_text = read_text_mask(storage.join(out, IDS_FILE))
     indexes, skipped = for_each_index(
         has_text, lambda modality: _build_one(config, files, modality, choice.key, has_text, device, out)
     )
@@ -93,6 +100,7 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
         **text_infos(has_text, skipped),
     }
     write_infos(out, infos)
+    remove_unreferenced(out, infos)  # an earlier index's appended generations, now replaced
     return infos
 
 
@@ -101,9 +109,16 @@ def append(index_dir: str | Path, new_files: Sequence[str], batch_size: int = 65
 
     New image-only rows get the zero placeholder in the text index (never returned); an index built without a
     text index refuses files that hold text vectors, which only a rebuild can index.
+
+    Crash safety: the grown indexes and ids are written as the next generation under new names (an on-disk
+    ``.ivfdata`` is copied, then grown: never changed in place), ``infos.json`` is switched to them in one
+    atomic write, and only then is the old generation removed. Killed at any point, the dir holds the old
+    index or the new one, whole; leftovers of an unfinished generation are removed by the next append.
     """
-    folder = Path(index_dir)
+    folder = str(index_dir)
     infos = read_infos(folder)
+    remove_unreferenced(folder, infos)  # a crashed append's unfinished generation ...
+    remove_leftovers(folder)  # ... and its half-written files and staging copies
     files = open_files(list(new_files))
     _check_same_model(infos, files, folder)
     new_text = len(vector_rows(files, VECTOR_COLUMNS["text"], batch_size))
@@ -113,32 +128,63 @@ def append(index_dir: str | Path, new_files: Sequence[str], batch_size: int = 65
             f"has no text index ({infos.get('text_index_skipped', NO_TEXT)}); fix: rebuild it over all embeddings "
             f"(mmembed index --embeddings DIR --out {folder} --overwrite)"
         )
-    start = infos["count"]
-    temps = {}
-    for modality in infos["indexes"]:
-        index = read_index(folder / INDEX_FILES[modality], mmap=False)  # mapped lists are read-only
-        if index.ntotal != start:
-            raise ConfigError(f"{folder / INDEX_FILES[modality]}: {index.ntotal} vectors, infos.json says {start}")
-        add_batches(index, (b.vectors for b in iter_vectors(files, VECTOR_COLUMNS[modality], batch_size)))
-        temps[modality] = _write_temp(index, folder / INDEX_FILES[modality])
-    write_ids(
-        folder / f"{IDS_FILE}.new",
-        iter_ids(files, batch_size),
-        start=start,
-        keep_from=folder / IDS_FILE,
-    )
-    for modality, tmp in temps.items():  # every new file is complete before any replaces an old one
-        os.replace(tmp, folder / INDEX_FILES[modality])
-    os.replace(folder / f"{IDS_FILE}.new", folder / IDS_FILE)
+    start, generation = infos["count"], infos.get("generation", 0) + 1
+    for modality, entry in infos["indexes"].items():
+        entry.update(_append_one(folder, entry, modality, generation, start, files, batch_size))
+    old_ids = storage.join(folder, ids_name(infos))
+    infos["ids_file"] = generation_name(IDS_FILE, generation)
+    write_ids(storage.join(folder, infos["ids_file"]), iter_ids(files, batch_size), start=start, keep_from=old_ids)
+    infos["generation"] = generation
     infos["count"] = start + files.count
     infos["text_rows"] = infos.get("text_rows", start) + new_text
     infos["sources"]["files"] += _sources(files)
     infos["appends"].append(
         {"rows": files.count, "text_rows": new_text, "first_row_id": start, "files": list(files.paths), "at": _now()}
     )
-    write_infos(folder, infos)
+    write_infos(folder, infos)  # the switch: from here on the new generation is the index
+    remove_unreferenced(folder, infos)
     log.info("appended %d vectors (row ids %d..%d) to %s", files.count, start, infos["count"] - 1, folder)
     return infos
+
+
+def _append_one(
+    folder: str, entry: dict[str, Any], modality: str, generation: int, start: int, files: EmbeddingFiles, batch: int
+) -> dict[str, Any]:
+    """Grow a local copy of one modality's index by ``files`` and publish it under ``generation``'s names
+    (``.ivfdata`` first, then the ``.index`` that points to it); returns the infos entry fields that change."""
+    url = storage.join(folder, entry["file"])
+    name = generation_name(INDEX_FILES[modality], generation)
+    with storage.staging_dir(folder) as stage:
+        index, data = _open_for_append(folder, entry, stage)
+        if index.ntotal != start:
+            raise ConfigError(f"{url}: {index.ntotal} vectors, infos.json says {start}")
+        add_batches(index, (b.vectors for b in iter_vectors(files, VECTOR_COLUMNS[modality], batch)))
+        changed: dict[str, Any] = {"file": name}
+        if data is not None:
+            changed["ivfdata_file"] = generation_name(f"{modality}.ivfdata", generation)
+            ondisk_lists(index).filename = changed["ivfdata_file"]  # loaders take this name from beside the index
+        local = storage.join(stage, name)
+        faiss.write_index(index, local)
+        del index  # unmaps the grown .ivfdata before it is published
+        if data is not None:
+            storage.publish(data, storage.join(folder, changed["ivfdata_file"]))
+        storage.publish(local, storage.join(folder, name))
+    return changed
+
+
+def _open_for_append(folder: str, entry: dict[str, Any], stage: str) -> tuple[faiss.Index, str | None]:
+    """The index ``entry`` names loaded for adding, and the local path of its on-disk lists (None when it has
+    no ``ivfdata_file``): a merged IVF index's ``.index`` and ``.ivfdata`` are copied into ``stage`` and its
+    lists mapped read-write from there, so the published ``.ivfdata`` is never written to."""
+    url = storage.join(folder, entry["file"])
+    if not entry.get("ivfdata_file"):
+        with storage.local_copy(url) as local:
+            return read_index(local, mmap=False), None
+    local = storage.join(stage, f"current-{entry['file']}")
+    storage.download(url, local)
+    data = storage.join(stage, ondisk_data_name(local) or entry["ivfdata_file"])  # the name it maps lists by
+    storage.download(storage.join(folder, entry["ivfdata_file"]), data)
+    return read_index(local, mmap=False), data
 
 
 def for_each_index(has_text: np.ndarray, build: Callable[[str], T]) -> tuple[dict[str, T], str | None]:
@@ -203,7 +249,7 @@ def _build_one(
     key: str,
     has_text: np.ndarray,
     device: str,
-    out: Path,
+    out: str,
 ) -> dict[str, Any]:
     """Train, add (computing exact neighbours of the held-out queries in the same pass), tune, evaluate, save;
     every row is added (row ids stay positional), searches and truth cover the rows that hold a vector."""
@@ -223,11 +269,11 @@ def _build_one(
     added = time.perf_counter()
     tuned = tune(index, queries, truth, config.recall_target, allowed)
     metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
-    path = out / INDEX_FILES[modality]
-    write_index(index, path)
-    log.info("%s: %s, params %r, %s", path.name, key, tuned.params, metrics)
+    name = INDEX_FILES[modality]
+    size = write_index(index, storage.join(out, name))
+    log.info("%s: %s, params %r, %s", name, key, tuned.params, metrics)
     return {
-        "file": path.name,
+        "file": name,
         "column": column,
         "searchable_rows": searchable,
         "search_params": tuned.params,
@@ -240,7 +286,7 @@ def _build_one(
         "train_vectors": len(train_rows) if needs_training else 0,
         "train_seconds": round(trained - began, 3),
         "add_seconds": round(added - trained, 3),
-        "file_bytes": os.path.getsize(path),
+        "file_bytes": size,
     }
 
 
@@ -251,7 +297,7 @@ def _adding(index: faiss.Index, batches: Iterable[VectorBatch]) -> Iterator[Vect
         yield batch
 
 
-def _check_same_model(infos: dict[str, Any], files: EmbeddingFiles, folder: Path) -> None:
+def _check_same_model(infos: dict[str, Any], files: EmbeddingFiles, folder: str) -> None:
     built = infos["provenance"]
     diff = [k for k in IDENTITY_KEYS if built.get(k) != files.provenance.get(k)]
     if diff:
@@ -259,16 +305,10 @@ def _check_same_model(infos: dict[str, Any], files: EmbeddingFiles, folder: Path
             f"cannot append {', '.join(files.paths)} to {folder}: provenance differs in {diff} "
             f"(index: {[built.get(k) for k in diff]}, files: {[files.provenance.get(k) for k in diff]})"
         )
-    indexed = {Path(s["path"]).name for s in infos["sources"]["files"]}
-    again = [p for p in files.paths if Path(p).name in indexed]
+    indexed = {base_name(s["path"]) for s in infos["sources"]["files"]}
+    again = [p for p in files.paths if base_name(p) in indexed]
     if again:
         raise ConfigError(f"already in {folder}: {', '.join(again)}; appending them again would duplicate rows")
-
-
-def _write_temp(index: faiss.Index, path: Path) -> str:
-    tmp = f"{path}.new"
-    faiss.write_index(index, tmp)
-    return tmp
 
 
 def _sources(files: EmbeddingFiles) -> list[dict[str, Any]]:

@@ -1,5 +1,8 @@
 """Open a built index dir for search: both indexes with their tuned parameters, plus the row-id table.
 
+A remote index dir (``s3://``, ``gs://``) is fetched once into a local cache (``mmembed.index.cache``) and
+memory-mapped from there like a local one.
+
 A text index searches only the rows that hold a text vector (``ids.parquet``'s ``has_text``; see
 ``mmembed.index.selection``); an index dir without one (no text vectors) refuses text-index searches with the
 reason recorded at build time.
@@ -7,6 +10,7 @@ reason recorded at build time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmembed.config import ConfigError
+from mmembed.index.cache import local_index_dir
 from mmembed.index.selection import NO_TEXT, RowFilter, modality_filter, search
-from mmembed.index.store import IDS_FILE, INDEX_FILES, read_index, read_infos, read_text_mask
+from mmembed.index.store import ids_name, read_index, read_infos, read_text_mask
 from mmembed.index.tune import apply_params
 from mmembed.schema import warn_if_random_weights
 
@@ -47,13 +52,26 @@ class SearchIndex:
 
 class IndexSet:
     """An index dir opened for search: ``image`` and ``text`` SearchIndexes (no ``text`` when the embeddings
-    hold no text vectors), ``infos``, and id lookup."""
+    hold no text vectors), ``infos``, and id lookup. ``index_dir`` is the local folder the files are mapped
+    from (the cached copy of a remote index), ``url`` where the index lives."""
 
-    def __init__(self, index_dir: Path, infos: dict[str, Any], indexes: dict[str, SearchIndex]):
+    def __init__(
+        self, index_dir: Path, infos: dict[str, Any], indexes: dict[str, SearchIndex], url: str | None = None
+    ) -> None:
         self.index_dir = index_dir
         self.infos = infos
         self.indexes = indexes
+        self.url = url or str(index_dir)
         self._ids: pa.Table | None = None
+
+    @property
+    def ids_path(self) -> Path:
+        """The local ids file of the current generation (``infos.json``'s ``ids_file``)."""
+        return self.index_dir / ids_name(self.infos)
+
+    def index_path(self, modality: str) -> Path:
+        """The local ``.index`` file of ``modality`` in the current generation."""
+        return self.index_dir / self.infos["indexes"][modality]["file"]
 
     @property
     def image(self) -> SearchIndex:
@@ -72,7 +90,7 @@ class IndexSet:
         """The ``modality`` index; a ConfigError saying why when the dir has none (no text vectors)."""
         if modality not in self.indexes:
             reason = self.text_unavailable if modality == "text" else "not built"
-            raise ConfigError(f"index {self.index_dir} has no {modality} index: {reason}")
+            raise ConfigError(f"index {self.url} has no {modality} index: {reason}")
         return self.indexes[modality]
 
     def search(self, vectors: np.ndarray, k: int, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
@@ -82,26 +100,29 @@ class IndexSet:
     def lookup(self, row_ids: np.ndarray) -> pa.Table:
         """Rows of ids.parquet (row_id, key, shard, offset, caption, url) for ``row_ids`` in order; -1 dropped."""
         if self._ids is None:
-            self._ids = pq.read_table(self.index_dir / IDS_FILE, memory_map=True)
+            self._ids = pq.read_table(self.ids_path, memory_map=True)
         flat = np.asarray(row_ids, dtype=np.int64).ravel()
         return self._ids.take(pa.array(flat[flat >= 0]))
 
 
 def load_index(index_dir: str | Path, mmap: bool = True) -> IndexSet:
-    """Open an index dir (IVF lists memory-mapped by default) and check indexes, ids and infos agree."""
-    folder = Path(index_dir)
+    """Open an index dir, local or remote (fetched into the local cache first), with IVF lists memory-mapped
+    by default, and check indexes, ids and infos agree."""
+    url = str(index_dir)
+    folder = local_index_dir(url)
     infos = read_infos(folder)
-    id_rows = pq.ParquetFile(folder / IDS_FILE).metadata.num_rows
-    if id_rows != infos["count"]:
-        raise ConfigError(f"{folder / IDS_FILE}: {id_rows} rows but infos.json says {infos['count']}; rebuild")
-    has_text = read_text_mask(folder / IDS_FILE)
+    has_text = read_text_mask(os.path.join(folder, ids_name(infos)))  # one flag per row
+    if len(has_text) != infos["count"]:
+        raise ConfigError(
+            f"{url}: {len(has_text)} rows in {ids_name(infos)} but infos.json says {infos['count']}; rebuild"
+        )
     indexes = {}
-    for modality in infos["indexes"]:
-        name = INDEX_FILES[modality]
-        index = read_index(folder / name, mmap=mmap)
+    for modality, entry in infos["indexes"].items():
+        index = read_index(os.path.join(folder, entry["file"]), mmap=mmap)
         if index.ntotal != infos["count"]:
-            raise ConfigError(f"{folder / name}: {index.ntotal} vectors but infos.json says {infos['count']}; rebuild")
-        params = infos["indexes"][modality]["search_params"]
-        indexes[modality] = SearchIndex(index, params, modality, modality_filter(modality, has_text))
-    warn_if_random_weights(infos["provenance"], f"index {folder}")
-    return IndexSet(folder, infos, indexes)
+            raise ConfigError(
+                f"{url}: {index.ntotal} vectors in {entry['file']} but infos.json says {infos['count']}; rebuild"
+            )
+        indexes[modality] = SearchIndex(index, entry["search_params"], modality, modality_filter(modality, has_text))
+    warn_if_random_weights(infos["provenance"], f"index {url}")
+    return IndexSet(Path(folder), infos, indexes, url)

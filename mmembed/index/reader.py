@@ -7,16 +7,18 @@ row ids stay positional in every column, and readers report which rows hold a te
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.outputs import EMBEDDINGS_DIR
 from mmembed.schema import IDENTITY_KEYS, read_provenance, text_present, warn_if_random_weights
@@ -60,10 +62,10 @@ class VectorBatch:
 
 
 def list_embedding_files(embed_dir: str) -> list[str]:
-    """The ``embeddings/*.parquet`` files of an embed output dir (local path), sorted by name, as absolute
-    paths: an index records them, and every command must find them from any working directory."""
-    folder = Path(embed_dir).resolve() / EMBEDDINGS_DIR
-    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    """The ``embeddings/*.parquet`` files of an embed output dir, sorted by name: absolute paths for a local
+    dir, full URLs for an object store (an index records them, and every command must find them from any
+    working directory or machine)."""
+    files = storage.glob(storage.join(str(embed_dir), EMBEDDINGS_DIR, "*.parquet"))
     if not files:
         raise ConfigError(f"no {EMBEDDINGS_DIR}/*.parquet under {embed_dir!r}; run the embed job first")
     return files
@@ -100,7 +102,7 @@ def open_files(paths: Sequence[str]) -> EmbeddingFiles:
         raise ConfigError(_mixed_message(groups))
     if len(dims) > 1:
         raise ConfigError(f"embeddings files disagree on dim {sorted(dims)}: {', '.join(paths)}")
-    warn_if_random_weights(provenance, f"the embeddings in {Path(paths[0]).parent}")
+    warn_if_random_weights(provenance, f"the embeddings in {os.path.dirname(paths[0])}")
     return EmbeddingFiles(tuple(paths), tuple(counts), dims.pop(), provenance)
 
 
@@ -112,35 +114,43 @@ def iter_vectors(
     start = 0
     flag = PRESENCE_COLUMNS.get(column)
     columns = [column, *([flag] if flag else []), *(ID_COLUMNS if with_ids else ())]
-    for path, rows in zip(files.paths, files.counts, strict=True):
-        if rows == 0:
-            continue
-        try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
-                vectors = _to_numpy(batch.column(column), files.dim)
-                ids = pa.Table.from_batches([batch.select(list(ID_COLUMNS))]) if with_ids else None
-                present = text_present(batch.column(flag)) if flag else None
-                if present is not None and present.all():
-                    present = None
-                yield VectorBatch(start, vectors, ids, present)
-                start += len(vectors)
-        except (OSError, pa.ArrowException) as exc:
-            raise read_error(path, exc) from exc
+    for batch in _batches(files, columns, batch_size):
+        vectors = _to_numpy(batch.column(column), files.dim)
+        ids = pa.Table.from_batches([batch.select(list(ID_COLUMNS))]) if with_ids else None
+        present = text_present(batch.column(flag)) if flag else None
+        if present is not None and present.all():
+            present = None
+        yield VectorBatch(start, vectors, ids, present)
+        start += len(vectors)
 
 
 def iter_columns(files: EmbeddingFiles, columns: Sequence[str], batch_size: int = 65_536) -> Iterator[pa.Table]:
     """Stream ``columns`` of every row in global row-id order; a missing column or a corrupt file is an
     ``EmbeddingsReadError`` naming the file."""
+    for batch in _batches(files, columns, batch_size):
+        yield pa.Table.from_batches([batch])
+
+
+@contextlib.contextmanager
+def parquet_file(url: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file opened through ``mmembed.storage``: footer and column chunks are read with seeks (range
+    requests on an object store), never the whole file at once."""
+    with storage.open_read(url) as source:
+        yield pq.ParquetFile(source)
+
+
+def _batches(files: EmbeddingFiles, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """``columns`` of every file in row-id order, in batches of at most ``batch_size`` rows; a missing
+    column or an unreadable file is an ``EmbeddingsReadError`` naming the file."""
     for path, rows in zip(files.paths, files.counts, strict=True):
         if rows == 0:
             continue
         try:
-            parquet = pq.ParquetFile(path)
-            missing = [c for c in columns if c not in parquet.schema_arrow.names]
-            if missing:
-                raise pa.ArrowInvalid(f"columns {missing} missing; written by an older embed job?")
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns)):
-                yield pa.Table.from_batches([batch])
+            with parquet_file(path) as parquet:
+                missing = [c for c in columns if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise pa.ArrowInvalid(f"columns {missing} missing; written by an older embed job?")
+                yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns))
         except (OSError, pa.ArrowException) as exc:
             raise read_error(path, exc) from exc
 
@@ -185,8 +195,8 @@ def gather_rows(files: EmbeddingFiles, column: str, row_ids: np.ndarray, batch_s
 
 def _footer(path: str) -> tuple[pa.Schema, int]:
     try:
-        parquet = pq.ParquetFile(path)
-        return parquet.schema_arrow, parquet.metadata.num_rows
+        with parquet_file(path) as parquet:
+            return parquet.schema_arrow, parquet.metadata.num_rows
     except (OSError, pa.ArrowException) as exc:
         raise read_error(path, exc) from exc
 
@@ -205,7 +215,7 @@ def _to_numpy(array: pa.Array, dim: int) -> np.ndarray:
 
 def read_error(path: str, exc: Exception) -> EmbeddingsReadError:
     """The error for an embeddings file that cannot be read: missing (moved or deleted), or damaged."""
-    if isinstance(exc, FileNotFoundError) or not Path(path).exists():
+    if isinstance(exc, FileNotFoundError) or not storage.exists(path):
         return EmbeddingsReadError(
             f"{path}: embeddings file missing (moved or deleted since it was listed); fix: put it back, or "
             "rebuild the index from where the embeddings are now (mmembed index --embeddings DIR --overwrite)"

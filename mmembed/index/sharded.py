@@ -6,24 +6,30 @@ for every part (Beam runs them in parallel in ``pipelines/build_index.py``; the 
 Training and the tuning queries use the same seeded samples as ``build_index``, so on the same data both
 builds train identical indexes and hold the same vectors under the same row ids; image-only rows are handled
 the same way too (zero placeholders in the text index, never returned: ``mmembed.index.selection``).
+
+Everything goes through ``mmembed.storage``, so ``out_dir`` may be an object-store URL that the launcher and
+the workers share: the launcher writes the trained indexes and tuning queries to ``<out>/_parts``, workers
+fetch them once (``part_inputs``, in their ``setup``) and write their parts there, the launcher merges
+local copies of the parts and publishes the result. The work items carry paths only, never arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
+from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.index.build import new_index, resolve_device, train
 from mmembed.index.choose import IndexChoice, choose_index, estimate_memory
@@ -36,10 +42,13 @@ from mmembed.index.store import (
     FORMAT_VERSION,
     IDS_FILE,
     INDEX_FILES,
-    atomic_path,
+    base_name,
+    ondisk_lists,
     prepare_dir,
     read_index,
     read_text_mask,
+    remove_folder,
+    remove_unreferenced,
     write_ids,
     write_index,
     write_infos,
@@ -68,8 +77,8 @@ class ShardedBuildConfig:
             )
 
     @property
-    def work_dir(self) -> Path:
-        return Path(self.index.out_dir) / WORK_DIR
+    def work_dir(self) -> str:
+        return storage.join(str(self.index.out_dir), WORK_DIR)
 
 
 @dataclass(frozen=True)
@@ -98,22 +107,57 @@ class PartJob:
     modalities: tuple[str, ...] = tuple(VECTOR_COLUMNS)
 
 
-def trained_path(work_dir: str | Path, modality: str) -> Path:
-    return Path(work_dir) / f"trained_{modality}.index"
+@dataclass(frozen=True)
+class PartInputs:
+    """What a worker fetches once (``part_inputs``) for all its parts: a local copy of each modality's trained
+    empty index (each part reads a fresh copy of it) and the tuning queries it finds exact neighbours of."""
+
+    trained: dict[str, str]
+    queries: dict[str, np.ndarray]
 
 
-def queries_path(work_dir: str | Path, modality: str) -> Path:
-    return Path(work_dir) / f"queries_{modality}.npy"
+def trained_path(work_dir: str, modality: str) -> str:
+    return storage.join(work_dir, f"trained_{modality}.index")
 
 
-def part_paths(work_dir: str | Path, part_id: int, modality: str) -> tuple[Path, Path]:
+def queries_path(work_dir: str, modality: str) -> str:
+    return storage.join(work_dir, f"queries_{modality}.npy")
+
+
+def part_paths(work_dir: str, part_id: int, modality: str) -> tuple[str, str]:
     """The part's filled index and its exact top-k of the tuning queries (scores + global row ids)."""
-    stem = Path(work_dir) / f"part-{part_id:05d}-{modality}"
-    return Path(f"{stem}.index"), Path(f"{stem}.truth.npz")
+    stem = f"part-{part_id:05d}-{modality}"
+    return storage.join(work_dir, f"{stem}.index"), storage.join(work_dir, f"{stem}.truth.npz")
 
 
-def part_done(job: PartJob, part: Part) -> bool:
-    return all(p.is_file() for m in job.modalities for p in part_paths(job.work_dir, part.part_id, m))
+def parts_to_do(job: PartJob, parts: Sequence[Part]) -> list[Part]:
+    """The parts whose outputs are not all in the work dir yet (one listing, not a request per file)."""
+    listed = {base_name(url) for url in storage.glob(storage.join(job.work_dir, "part-*"))}
+    return [
+        part
+        for part in parts
+        if not all(base_name(p) in listed for m in job.modalities for p in part_paths(job.work_dir, part.part_id, m))
+    ]
+
+
+def save_array(url: str, array: np.ndarray) -> None:
+    """One array as ``.npy`` at ``url``, atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    storage.write_bytes(url, buffer.getvalue())
+
+
+def load_array(url: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(url)))
+
+
+@contextlib.contextmanager
+def part_inputs(job: PartJob) -> Iterator[PartInputs]:
+    """The trained indexes (local copies, removed afterwards) and tuning queries of ``job``, from its work dir:
+    a worker fetches them once, in its DoFn's ``setup``, so the job graph holds only the work dir's path."""
+    with contextlib.ExitStack() as copies:
+        trained = {m: copies.enter_context(storage.local_copy(trained_path(job.work_dir, m))) for m in job.modalities}
+        yield PartInputs(trained, {m: load_array(queries_path(job.work_dir, m)) for m in job.modalities})
 
 
 def plan_parts(files: EmbeddingFiles, files_per_part: int) -> list[Part]:
@@ -173,19 +217,22 @@ def add_with_ids(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> No
         index.add_with_ids(vectors, ids)
 
 
-def add_part(job: PartJob, part: Part) -> dict[str, int]:
+def add_part(job: PartJob, part: Part, inputs: PartInputs | None = None) -> dict[str, int]:
     """Add one part's vectors (ids = global row ids) to a copy of each trained index, and find the exact top-k
     of the tuning queries among the rows that hold a vector; writes ``part-<id>-<modality>.index`` /
-    ``.truth.npz`` atomically."""
+    ``.truth.npz`` atomically. ``inputs``: ``part_inputs(job)``, fetched for this part alone when not given."""
+    if inputs is None:
+        with part_inputs(job) as fetched:
+            return add_part(job, part, fetched)
     files = EmbeddingFiles(part.paths, part.counts, job.dim, {})
     added = {}
     for modality in job.modalities:
         column = VECTOR_COLUMNS[modality]
         index_file, truth_file = part_paths(job.work_dir, part.part_id, modality)
-        if index_file.is_file() and truth_file.is_file():  # done by an earlier (crashed or retried) attempt
+        if storage.exists(index_file) and storage.exists(truth_file):  # done by an earlier (crashed) attempt
             continue
-        index = read_index(trained_path(job.work_dir, modality), mmap=False)
-        queries = np.load(queries_path(job.work_dir, modality))
+        index = read_index(inputs.trained[modality], mmap=False)
+        queries = inputs.queries[modality]
         heap = faiss.ResultHeap(len(queries), job.truth_k, keep_max=True)
         for batch in iter_vectors(files, column, job.batch_size):
             first = part.start + batch.start
@@ -194,19 +241,21 @@ def add_part(job: PartJob, part: Part) -> dict[str, int]:
             if found is not None:
                 heap.add_result(*found)
         heap.finalize()
-        with atomic_path(truth_file) as tmp, open(tmp, "wb") as f:
-            np.savez(f, scores=heap.D, ids=heap.I)
+        buffer = io.BytesIO()
+        np.savez(buffer, scores=heap.D, ids=heap.I)
+        storage.write_bytes(truth_file, buffer.getvalue())
         write_index(index, index_file)
         added[modality] = int(index.ntotal)
     return added
 
 
-def merge_parts(trained: Path, parts: Sequence[Path], ivfdata: Path) -> faiss.Index:
-    """The trained index holding every part: IVF lists merged into ``ivfdata`` (merge_ondisk, ids kept as
-    given), refine codes appended in part order (their position is the row id), ``ntotal`` set on every layer."""
+def merge_parts(trained: str, parts: Sequence[str], ivfdata: str) -> faiss.Index:
+    """The trained index holding every part (all LOCAL files): IVF lists merged into ``ivfdata`` (merge_ondisk,
+    ids kept as given), refine codes appended in part order (their position is the row id), ``ntotal`` set on
+    every layer."""
     index = read_index(trained, mmap=False)
     merge_ondisk(index, [str(p) for p in parts], str(ivfdata))
-    _claim_merged_space(faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists))
+    _claim_merged_space(ondisk_lists(index))
     ntotal = index.ntotal
     layer = index
     if isinstance(layer, faiss.IndexRefine):
@@ -233,11 +282,11 @@ def _claim_merged_space(lists: faiss.OnDiskInvertedLists) -> None:
         raise RuntimeError(f"{lists.filename}: unexpected free-slot layout after merge_ondisk")
 
 
-def merge_truth(paths: Sequence[Path], n_queries: int, k: int) -> np.ndarray:
+def merge_truth(urls: Sequence[str], n_queries: int, k: int) -> np.ndarray:
     """Exact top-k row ids of the tuning queries over all parts, from each part's own top-k."""
     heap = faiss.ResultHeap(n_queries, k, keep_max=True)
-    for path in paths:
-        with np.load(path) as part:
+    for url in urls:
+        with np.load(io.BytesIO(storage.read_bytes(url))) as part:
             heap.add_result(part["scores"], part["ids"])
     heap.finalize()
     return heap.I
@@ -245,8 +294,9 @@ def merge_truth(paths: Sequence[Path], n_queries: int, k: int) -> np.ndarray:
 
 def add_parts_locally(job: PartJob, parts: Sequence[Part]) -> None:
     """The plain-loop runner (tests, small data); Beam's AddParts runs the same ``add_part`` in parallel."""
-    for part in parts:
-        add_part(job, part)
+    with part_inputs(job) as inputs:
+        for part in parts:
+            add_part(job, part, inputs)
 
 
 def build_sharded(
@@ -262,18 +312,18 @@ def build_sharded(
     device = resolve_device(cfg.device)
     files = open_embeddings(cfg.embeddings_dir)
     out = prepare_dir(cfg.out_dir, cfg.overwrite)
-    write_ids(out / IDS_FILE, iter_ids(files, cfg.batch_size))
-    has_text = read_text_mask(out / IDS_FILE)
+    write_ids(storage.join(out, IDS_FILE), iter_ids(files, cfg.batch_size))
+    has_text = read_text_mask(storage.join(out, IDS_FILE))
     plan = _prepare(config, files, device, has_text)
     modalities = tuple(plan["modalities"])
-    job = PartJob(str(config.work_dir), files.dim, cfg.batch_size, min(max(EVAL_KS), files.count), modalities)
+    job = PartJob(config.work_dir, files.dim, cfg.batch_size, min(max(EVAL_KS), files.count), modalities)
     parts = plan_parts(files, config.files_per_part)
-    todo = [p for p in parts if not part_done(job, p)]
+    todo = parts_to_do(job, parts)
     log.info("%d parts of <= %d files, %d to add", len(parts), config.files_per_part, len(todo))
     added = time.perf_counter()
     if todo:
         run_parts(job, todo)
-    missing = [p.part_id for p in parts if not part_done(job, p)]
+    missing = [p.part_id for p in parts_to_do(job, parts)]
     if missing:
         raise RuntimeError(f"parts {missing} have no output in {job.work_dir} after the add step; re-run to resume")
     add_seconds = time.perf_counter() - added
@@ -307,7 +357,8 @@ def build_sharded(
         **text_infos(has_text, plan.get("text_index_skipped")),
     }
     write_infos(out, infos)
-    shutil.rmtree(config.work_dir, ignore_errors=True)
+    remove_unreferenced(out, infos)  # an earlier index's appended generations, now replaced
+    remove_folder(config.work_dir)
     return infos
 
 
@@ -328,14 +379,14 @@ def _prepare(config: ShardedBuildConfig, files: EmbeddingFiles, device: str, has
         "max_train_vectors": cfg.max_train_vectors,
         "tune_queries": cfg.tune_queries,
     }
-    plan_file = work / PLAN_FILE
-    if not cfg.overwrite and plan_file.is_file():
-        done = json.loads(plan_file.read_text(encoding="utf-8"))
+    plan_file = storage.join(work, PLAN_FILE)
+    if not cfg.overwrite and storage.exists(plan_file):
+        done = json.loads(storage.read_bytes(plan_file))
         if done["spec"] == spec and "modalities" in done:
             log.info("resuming the sharded build in %s", work)
             return done
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    remove_folder(work)
+    storage.make_dirs(work)
     log.info("sharded index of %d x %d-d vectors: %s (%s)", files.count, files.dim, choice.key, choice.reason)
     trained, skipped = for_each_index(has_text, lambda m: _train_one(cfg, files, work, m, choice.key, has_text, device))
     plan: dict[str, Any] = {
@@ -345,15 +396,14 @@ def _prepare(config: ShardedBuildConfig, files: EmbeddingFiles, device: str, has
         "train_seconds": {m: t["train_seconds"] for m, t in trained.items()},
         **({"text_index_skipped": skipped} if skipped else {}),
     }
-    with atomic_path(plan_file) as tmp:
-        Path(tmp).write_text(json.dumps(plan, indent=2), encoding="utf-8")
+    storage.write_bytes(plan_file, json.dumps(plan, indent=2).encode())
     return plan
 
 
 def _train_one(
     cfg: IndexBuildConfig,
     files: EmbeddingFiles,
-    work: Path,
+    work: str,
     modality: str,
     key: str,
     has_text: np.ndarray,
@@ -367,9 +417,22 @@ def _train_one(
     train(index, gather_rows(files, column, train_rows, cfg.batch_size), device)
     write_index(index, trained_path(work, modality))
     seconds = round(time.perf_counter() - began, 3)
-    with atomic_path(queries_path(work, modality)) as tmp, open(tmp, "wb") as f:
-        np.save(f, gather_rows(files, column, query_rows, cfg.batch_size))
+    save_array(queries_path(work, modality), gather_rows(files, column, query_rows, cfg.batch_size))
     return {"train_vectors": len(train_rows), "train_seconds": seconds}
+
+
+def _merge_copies(job: PartJob, parts: Sequence[Part], modality: str, ivfdata: str) -> faiss.Index:
+    """``merge_parts`` over local copies of the trained index and the parts (the work dir may be remote; the
+    copies go once merged); the index records the ``.ivfdata`` by its name alone, which loaders look for beside
+    the ``.index`` file (IO_FLAG_ONDISK_SAME_DIR)."""
+    with contextlib.ExitStack() as copies:
+        trained = copies.enter_context(storage.local_copy(trained_path(job.work_dir, modality)))
+        local = [
+            copies.enter_context(storage.local_copy(part_paths(job.work_dir, p.part_id, modality)[0])) for p in parts
+        ]
+        index = merge_parts(trained, local, ivfdata)
+    ondisk_lists(index).filename = os.path.basename(ivfdata)
+    return index
 
 
 def _merge_one(
@@ -382,32 +445,34 @@ def _merge_one(
     has_text: np.ndarray,
 ) -> dict[str, Any]:
     """Merge one modality's parts into <out>/<modality>.index + .ivfdata, then tune and evaluate it over the
-    rows its searches may return."""
-    out, cfg = Path(config.index.out_dir), config.index
-    path = out / INDEX_FILES[modality]
-    ivfdata = path.with_suffix(".ivfdata")
+    rows its searches may return. The merge runs on local copies in a staging folder (faiss maps local files);
+    the ``.ivfdata`` is published first, then the ``.index`` that points to it."""
+    out, cfg = str(config.index.out_dir), config.index
+    name, data_name = INDEX_FILES[modality], f"{modality}.ivfdata"
     began = time.perf_counter()
-    with atomic_path(ivfdata) as tmp:
-        index = merge_parts(
-            trained_path(job.work_dir, modality),
-            [part_paths(job.work_dir, p.part_id, modality)[0] for p in parts],
-            Path(tmp),
-        )
-    # The index records this name; loaders take its basename beside the .index file (IO_FLAG_ONDISK_SAME_DIR).
-    faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename = str(ivfdata)
-    merged = time.perf_counter()
-    queries = np.load(queries_path(job.work_dir, modality))
-    allowed = modality_filter(modality, has_text)
-    searchable = int(index.ntotal) if allowed is None else allowed.count
-    truth = merge_truth([part_paths(job.work_dir, p.part_id, modality)[1] for p in parts], len(queries), job.truth_k)
-    truth = truth[:, : min(job.truth_k, searchable)]  # fewer rows with text than the depth: no -1 columns
-    tuned = tune(index, queries, truth, cfg.recall_target, allowed)
-    metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
-    write_index(index, path)
-    log.info("%s: %s, %d parts, params %r, %s", path.name, plan["spec"]["index_key"], len(parts), tuned.params, metrics)
+    with storage.staging_dir(out) as stage:
+        ivfdata = storage.join(stage, data_name)
+        index = _merge_copies(job, parts, modality, ivfdata)
+        merged = time.perf_counter()
+        queries = load_array(queries_path(job.work_dir, modality))
+        allowed = modality_filter(modality, has_text)
+        searchable = int(index.ntotal) if allowed is None else allowed.count
+        truth_urls = [part_paths(job.work_dir, p.part_id, modality)[1] for p in parts]
+        truth = merge_truth(truth_urls, len(queries), job.truth_k)
+        truth = truth[:, : min(job.truth_k, searchable)]  # fewer rows with text than the depth: no -1 columns
+        tuned = tune(index, queries, truth, cfg.recall_target, allowed)
+        metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
+        local_index = storage.join(stage, name)
+        faiss.write_index(index, local_index)
+        ntotal = int(index.ntotal)
+        del index  # unmaps the .ivfdata before it is published
+        sizes = {"file_bytes": os.path.getsize(local_index), "ivfdata_bytes": os.path.getsize(ivfdata)}
+        storage.publish(ivfdata, storage.join(out, data_name))
+        storage.publish(local_index, storage.join(out, name))
+    log.info("%s: %s, %d parts, params %r, %s", name, plan["spec"]["index_key"], len(parts), tuned.params, metrics)
     return {
-        "file": path.name,
-        "ivfdata_file": ivfdata.name,
+        "file": name,
+        "ivfdata_file": data_name,
         "column": VECTOR_COLUMNS[modality],
         "searchable_rows": searchable,
         "search_params": tuned.params,
@@ -416,11 +481,10 @@ def _merge_one(
         "tuning_recall_at_10": round(tuned.recall, 4),
         "tuning_trials": tuned.trials,
         "recall": metrics,
-        "recall_measured_at_count": int(index.ntotal),
+        "recall_measured_at_count": ntotal,
         "train_vectors": plan["train_vectors"][modality],
         "train_seconds": plan["train_seconds"][modality],
         "add_seconds": round(add_seconds, 3),
         "merge_seconds": round(merged - began, 3),
-        "file_bytes": os.path.getsize(path),
-        "ivfdata_bytes": os.path.getsize(ivfdata),
+        **sizes,
     }

@@ -1,9 +1,16 @@
-"""The on-disk layout of an index dir and its atomic writers: <modality>.index, ids.parquet, infos.json.
+"""The layout of an index dir (local or an object-store URL) and its writers: index files, ids, infos.json.
 
-Every file is written under a temporary name and moved into place with ``os.replace``; ``infos.json``
-is written last, so its presence marks a complete index. ``text.index`` is absent when the embeddings hold
-no text vectors (``infos.json`` then says why under ``text_index_skipped``); ``ids.parquet``'s ``has_text``
-marks the rows a text-index search may return.
+``infos.json`` is the one pointer to an index's files: it names them (``indexes.<modality>.file``,
+``ivfdata_file``, ``ids_file``) and is written last, atomically, so its presence marks a complete index and
+replacing it switches every reader from one complete version to the next. A fresh build writes generation 0
+under the plain names (``image.index``, ``text.index``, ``image.ivfdata``, ``ids.parquet``); each ``append``
+writes generation N under new names (``image.g00001.index`` ...), switches ``infos.json`` to them, then removes
+the old generation, so a crash at any point leaves either the old or the new version whole (never a file
+changed in place). Every file goes through ``mmembed.storage``; faiss, which only writes local files, writes
+a local copy that is then published.
+
+``text.index`` is absent when the embeddings hold no text vectors (``infos.json`` then says why under
+``text_index_skipped``); ``ids.parquet``'s ``has_text`` marks the rows a text-index search may return.
 """
 
 from __future__ import annotations
@@ -11,22 +18,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
-from collections.abc import Iterable, Iterator
+import posixpath
+import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmembed import storage
 from mmembed.config import ConfigError
 
-INDEX_FILES = {"image": "image.index", "text": "text.index"}
+INDEX_FILES = {"image": "image.index", "text": "text.index"}  # generation 0's names
 IDS_FILE = "ids.parquet"
 INFOS_FILE = "infos.json"
 FORMAT_VERSION = 1
+# Every file name of the layout, any generation: what a switch to a new generation may leave behind.
+_LAYOUT_NAME = re.compile(r"^(?:(?:image|text)(?:\.g\d{5})?\.(?:index|ivfdata)|ids(?:\.g\d{5})?\.parquet)$")
 _FLAT_CODES_FOURCC = (b"IxFI", b"IxF2", b"IxFl", b"IHNf")  # faiss header of IndexFlatIP/L2 and IndexHNSWFlat
 IDS_SCHEMA = pa.schema(
     [
@@ -41,100 +52,181 @@ IDS_SCHEMA = pa.schema(
 )
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[str]:
-    """Yield a temp path beside ``path``; on success move it into place, on error remove it."""
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def base_name(url: str | Path) -> str:
+    """The last component of a local path or an object-store URL (``s3://b/emb/x.parquet`` -> ``x.parquet``)."""
+    url = str(url)
+    return os.path.basename(url) if storage.is_local(url) else posixpath.basename(url.rstrip("/"))
 
 
-def write_index(index: faiss.Index, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, tmp)
+def generation_name(name: str, generation: int) -> str:
+    """``name`` (``image.index``, ``image.ivfdata``, ``ids.parquet``) as generation ``generation`` calls it:
+    the name itself for 0 (a fresh build), ``image.g00003.index`` for 3."""
+    if not generation:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.g{generation:05d}.{ext}"
 
 
-def read_index(path: str | Path, mmap: bool = True) -> faiss.Index:
-    """Load an index; with ``mmap`` IVF lists (or flat/HNSW vectors) stay on disk, mapped read-only."""
-    if not Path(path).is_file():
+def ids_name(infos: dict[str, Any]) -> str:
+    """The ids file of the generation ``infos`` points to."""
+    return infos.get("ids_file", IDS_FILE)
+
+
+def index_file_names(infos: dict[str, Any]) -> list[str]:
+    """Every file ``infos`` points to besides itself: the ids file, each index and its ``.ivfdata``."""
+    names = [ids_name(infos)]
+    for entry in infos["indexes"].values():
+        names += [entry["file"], *([entry["ivfdata_file"]] if entry.get("ivfdata_file") else [])]
+    return names
+
+
+def write_index(index: faiss.Index, url: str) -> int:
+    """Save ``index`` at ``url`` atomically (faiss writes a local file, which is then published); its bytes."""
+    with storage.staged_output(url) as local:
+        faiss.write_index(index, local)
+        return os.path.getsize(local)
+
+
+def read_index(path: str, mmap: bool = True) -> faiss.Index:
+    """Load an index from a LOCAL path (faiss reads local files; ``mmembed.index.cache`` fetches remote ones).
+    With ``mmap`` IVF lists (or flat/HNSW vectors) stay on disk, mapped read-only."""
+    if storage.info(path) is None:
         raise ConfigError(f"{path}: index file missing; build the index first (or the build did not finish)")
     if not mmap:  # a separate .ivfdata is opened read-write from beside the .index file
         return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    with open(path, "rb") as f:
-        fourcc = f.read(4)
+    fourcc = storage.read_bytes(path, 0, 4)
     # Flat / HNSW: map the stored vectors; anything else (IVF): map the inverted lists from the .index file.
     flag = faiss.IO_FLAG_MMAP_IFC if fourcc in _FLAT_CODES_FOURCC else faiss.IO_FLAG_MMAP
-    return _map_ondisk_lists(faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY), Path(path))
+    return _map_ondisk_lists(faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY), str(path))
 
 
-def _map_ondisk_lists(index: faiss.Index, path: Path) -> faiss.Index:
-    """Map the separate ``.ivfdata`` file of a merged (sharded) IVF index, which faiss leaves unmapped under
-    IO_FLAG_MMAP; like IO_FLAG_ONDISK_SAME_DIR it is taken from beside the .index file, so the dir can move."""
+def ondisk_lists(index: faiss.Index) -> faiss.OnDiskInvertedLists | None:
+    """The on-disk inverted lists (a separate ``.ivfdata`` file) of a merged IVF index; None for any other."""
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
-        return index
+        return None
     lists = faiss.downcast_InvertedLists(ivf.invlists)
-    if isinstance(lists, faiss.OnDiskInvertedLists) and lists.ptr is None and lists.totsize > 0:
-        data = path.parent / Path(lists.filename).name
-        if not data.is_file():
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+
+def ondisk_data_name(path: str) -> str | None:
+    """The ``.ivfdata`` file name the LOCAL index file ``path`` records (None without one), read without
+    opening the data: readers take that name from beside the ``.index`` file."""
+    lists = ondisk_lists(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
+    return None if lists is None else base_name(lists.filename)
+
+
+def _map_ondisk_lists(index: faiss.Index, path: str) -> faiss.Index:
+    """Map the separate ``.ivfdata`` file of a merged (sharded) IVF index, which faiss leaves unmapped under
+    IO_FLAG_MMAP; like IO_FLAG_ONDISK_SAME_DIR it is taken from beside the .index file, so the dir can move."""
+    lists = ondisk_lists(index)
+    if lists is not None and lists.ptr is None and lists.totsize > 0:
+        data = os.path.join(os.path.dirname(os.path.abspath(path)), base_name(lists.filename))
+        if storage.info(data) is None:
             raise ConfigError(f"{data}: inverted lists file of {path} missing; keep it beside the .index file")
-        lists.filename = str(data)
+        lists.filename = data
         lists.do_mmap()
     return index
 
 
-def write_ids(path: str | Path, tables: Iterable[pa.Table], start: int = 0, keep_from: str | Path | None = None) -> int:
-    """Stream id tables into ``path`` with row ids from ``start``; ``keep_from`` copies an existing ids file first
-    (one written before ``has_text`` existed gets True: its text index held a vector for every row)."""
-    row = start
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, IDS_SCHEMA) as writer:
-        if keep_from is not None:
-            for batch in pq.ParquetFile(keep_from).iter_batches(batch_size=65_536):
-                if "has_text" not in batch.schema.names:
-                    batch = batch.append_column("has_text", pa.array(np.ones(batch.num_rows, dtype=bool)))
-                writer.write_batch(batch.select(IDS_SCHEMA.names).cast(IDS_SCHEMA))
-        for table in tables:
-            ids = pa.array(range(row, row + table.num_rows), type=pa.int64())
-            writer.write_table(table.select(IDS_SCHEMA.names[1:]).add_column(0, "row_id", ids).cast(IDS_SCHEMA))
-            row += table.num_rows
-    return row - start
+def write_ids(url: str, tables: Iterable[pa.Table], start: int = 0, keep_from: str | None = None) -> int:
+    """Stream id tables into ``url`` (atomically) with row ids from ``start``; ``keep_from`` copies an existing
+    ids file first (one written before ``has_text`` existed gets True: its text index held a vector for every
+    row). Returns the rows added."""
+    added = 0
+
+    def write(sink: IO[bytes]) -> None:
+        nonlocal added
+        row = start
+        with pq.ParquetWriter(sink, IDS_SCHEMA) as writer:
+            if keep_from is not None:
+                _copy_ids(keep_from, writer)
+            for table in tables:
+                ids = pa.array(range(row, row + table.num_rows), type=pa.int64())
+                writer.write_table(table.select(IDS_SCHEMA.names[1:]).add_column(0, "row_id", ids).cast(IDS_SCHEMA))
+                row += table.num_rows
+        added = row - start
+
+    storage.write_atomic(url, write)
+    return added
 
 
-def read_text_mask(path: str | Path) -> np.ndarray:
+def _copy_ids(url: str, writer: pq.ParquetWriter) -> None:
+    """Copy an ids file's rows into ``writer`` in bounded batches, adding ``has_text`` where it is missing."""
+    with storage.open_read(url) as source:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=65_536):
+            if "has_text" not in batch.schema.names:
+                batch = batch.append_column("has_text", pa.array(np.ones(batch.num_rows, dtype=bool)))
+            writer.write_batch(batch.select(IDS_SCHEMA.names).cast(IDS_SCHEMA))
+
+
+def read_text_mask(url: str) -> np.ndarray:
     """``has_text`` of every row of an ids file (bool per row id); all True for a file written before the
     column existed, when every row had a text vector."""
-    parquet = pq.ParquetFile(path)
-    if "has_text" not in parquet.schema_arrow.names:
-        return np.ones(parquet.metadata.num_rows, dtype=bool)
-    column = pq.read_table(path, columns=["has_text"]).column("has_text")
+    with storage.open_read(url) as source:
+        parquet = pq.ParquetFile(source)
+        if "has_text" not in parquet.schema_arrow.names:
+            return np.ones(parquet.metadata.num_rows, dtype=bool)
+        column = parquet.read(columns=["has_text"]).column("has_text")
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def write_infos(index_dir: str | Path, infos: dict[str, Any]) -> None:
-    with atomic_path(Path(index_dir) / INFOS_FILE) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(infos, f, indent=2, sort_keys=True)
+def write_infos(index_dir: str, infos: dict[str, Any]) -> None:
+    """Write ``infos.json`` atomically: the switch that makes the files it names the index."""
+    storage.write_bytes(storage.join(str(index_dir), INFOS_FILE), json.dumps(infos, indent=2, sort_keys=True).encode())
 
 
 def read_infos(index_dir: str | Path) -> dict[str, Any]:
-    path = Path(index_dir) / INFOS_FILE
-    if not path.is_file():
-        raise ConfigError(f"{index_dir}: no {INFOS_FILE}; not a complete mmembed index dir (build it first)")
-    infos = json.loads(path.read_text(encoding="utf-8"))
+    """An index dir's ``infos.json``; a ConfigError naming the dir when there is none (not built, or the
+    bucket or folder is missing)."""
+    url = storage.join(str(index_dir), INFOS_FILE)
+    try:
+        infos = json.loads(storage.read_bytes(url))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{index_dir}: no {INFOS_FILE}; not a complete mmembed index dir (build it first): {exc}"
+        ) from exc
     if infos.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: index format {infos.get('format_version')}, expected {FORMAT_VERSION}; rebuild")
+        raise ConfigError(f"{url}: index format {infos.get('format_version')}, expected {FORMAT_VERSION}; rebuild")
     return infos
 
 
-def prepare_dir(index_dir: str | Path, overwrite: bool) -> Path:
-    """Create the index dir; refuse to replace a complete index unless ``overwrite``."""
-    folder = Path(index_dir)
-    if (folder / INFOS_FILE).exists() and not overwrite:
+def prepare_dir(index_dir: str | Path, overwrite: bool) -> str:
+    """Create the index dir (local) and return it as a URL; refuse to replace a complete index unless
+    ``overwrite``."""
+    folder = str(index_dir)
+    infos = storage.join(folder, INFOS_FILE)
+    if storage.exists(infos) and not overwrite:
         raise ConfigError(f"{folder} already holds an index; pass overwrite=True to rebuild it, or use append")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / INFOS_FILE).unlink(missing_ok=True)  # the old index is incomplete from here until the new infos
+    storage.make_dirs(folder)
+    storage.delete([infos])  # the old index is incomplete from here until the new infos
     return folder
+
+
+def remove_unreferenced(index_dir: str, infos: dict[str, Any]) -> list[str]:
+    """Delete the layout's files that ``infos`` no longer names (an older generation, or a crashed append's
+    unfinished one); other files in the dir are left alone. Returns the removed URLs."""
+    keep = set(index_file_names(infos))
+    stale = [
+        url
+        for url in storage.glob(storage.join(index_dir, "*"))
+        if _LAYOUT_NAME.match(base_name(url)) and base_name(url) not in keep
+    ]
+    storage.delete(stale)
+    return stale
+
+
+def remove_leftovers(index_dir: str) -> None:
+    """Delete what killed writers left in a local index dir: hidden temporaries of atomic writes, and staging
+    folders (``storage.staging_dir``) with the copies in them (an ``.ivfdata`` copy is as large as the lists).
+    Only for a dir no other process is writing: the next append's first step."""
+    storage.remove_temporaries(index_dir)
+
+
+def remove_folder(url: str) -> None:
+    """Delete a folder's files (it holds no sub-folders), and the folder itself when local."""
+    storage.delete(storage.glob(storage.join(url, "*")))
+    if storage.is_local(url):
+        with contextlib.suppress(OSError):
+            os.rmdir(storage.local_path(url))

@@ -2,7 +2,8 @@
 
 POST /search            a text query (JSON) or an uploaded image (multipart field ``image``) -> ranked hits
 GET  /items/{shard}/{key}       one sample's metadata (a sample is its shard and key: keys may repeat across shards)
-GET  /thumbnails/{shard}/{key}  its image, read from the shard by offset, resized (``?size=large`` for the detail view)
+GET  /thumbnails/{shard}/{key}  its image, range-read from the shard (local or object store) at its offset, resized
+                                (``?size=large`` for the detail view)
 GET  /healthz, /metrics (Prometheus text), /openapi.json (+ /docs), / (the page), /static/*
 """
 
@@ -26,7 +27,7 @@ from mmembed import __version__
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.limits import BodyLimitMiddleware
 from mmembed.serve.metrics import Metrics, MetricsMiddleware
-from mmembed.serve.models import ERROR_RESPONSES, Health, Item, SearchResponse, TextQuery
+from mmembed.serve.models import ERROR_RESPONSES, THUMBNAIL_RESPONSES, Health, Item, SearchResponse, TextQuery
 from mmembed.serve.service import RequestError, SearchService
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get(
         "/thumbnails/{shard}/{key:path}",
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}, **ERROR_RESPONSES},
+        responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}, **THUMBNAIL_RESPONSES},
     )
     def thumbnail(shard: str, key: str, size: str = "small") -> Response:
-        """The sample's image from its shard (one seek), resized: ``size=small`` (grid) or ``large`` (detail)."""
+        """The sample's image from its shard (range reads), resized: ``size=small`` (grid) or ``large`` (detail)."""
         data = service.thumbnail(shard, key, size)
         headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
         return Response(data, media_type="image/jpeg", headers=headers)

@@ -4,8 +4,10 @@ A sample is (shard, key): two shards may hold the same key. Samples are looked u
 (shard, key) columns sorted once at start (Arrow memory, no Python dict of millions of strings). Metadata,
 width, height and sha256 come from the embed job's Parquet files listed in infos.json, read one file (= one
 shard) at a time and kept in a small LRU; row ids map to files by the row counts recorded there. If those
-files moved, they are looked for in ``<index>/../embeddings/``; if absent, items are still served from
-ids.parquet, without those columns.
+files moved, they are looked for in ``<index>/../embeddings/`` (the index's URL as given: a bucket's index
+finds the embeddings beside it in the bucket); if absent, items are still served from ids.parquet, without
+those columns. Every file is read through ``mmembed.storage``, so any of them may be local or in an object
+store; an embeddings file is read only for its small columns (Parquet column chunks, not the vectors).
 """
 
 from __future__ import annotations
@@ -13,23 +15,24 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
+import posixpath
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mmembed import storage
 from mmembed.index import IndexSet
-from mmembed.index.store import IDS_FILE
 from mmembed.outputs import EMBEDDINGS_DIR
 
 log = logging.getLogger(__name__)
 EXTRA_COLUMNS = ("key", "metadata", "width", "height", "sha256")
+READ_BLOCK = 1024 * 1024  # range size for remote Parquet reads: a column chunk, not a whole file, per request
 
 
 class _SortedSamples:
@@ -47,17 +50,17 @@ class _SortedSamples:
 
 
 class Catalog:
-    """Look up samples by (shard, key) or row id in one opened index."""
+    """Look up samples by (shard, key) or row id in one opened index (moved embeddings files are looked for
+    beside ``index.url``, where the index lives, not beside a local cache of it)."""
 
-    def __init__(self, index: IndexSet, opener: Callable[[str], IO[bytes]], cached_files: int = 64) -> None:
+    def __init__(self, index: IndexSet, cached_files: int = 64) -> None:
         self.index = index
-        self.opener = opener
-        ids = pq.read_table(index.index_dir / IDS_FILE, columns=["shard", "key"]).combine_chunks()
+        ids = read_parquet(str(index.ids_path), ["shard", "key"]).combine_chunks()
         self._order = pc.sort_indices(ids, sort_keys=[("shard", "ascending"), ("key", "ascending")]).to_numpy()
         ordered = ids.take(pa.array(self._order))
         self._sorted = _SortedSamples(ordered.column("shard").chunk(0), ordered.column("key").chunk(0))
         sources = index.infos.get("sources", {}).get("files", [])
-        self._files = [self._locate(s["path"]) for s in sources]
+        self._files = [self._candidates(s["path"]) for s in sources]
         self._starts = np.cumsum([0] + [int(s["rows"]) for s in sources])
         self._cache: OrderedDict[int, pa.Table | None] = OrderedDict()
         self._cached_files = cached_files
@@ -107,32 +110,44 @@ class Catalog:
             if f in self._cache:
                 self._cache.move_to_end(f)
                 return self._cache[f]
-        table = None
-        path = self._files[f]
-        if path is not None:
-            try:
-                if "://" in path:  # gs://, s3://: through Beam's filesystems
-                    with self.opener(path) as stream:
-                        table = pq.read_table(pa.BufferReader(stream.read()), columns=list(EXTRA_COLUMNS))
-                else:
-                    table = pq.read_table(path, columns=list(EXTRA_COLUMNS))
-            except (OSError, pa.ArrowException, KeyError) as exc:
-                log.warning("cannot read metadata from %s (%s); items are served without it", path, exc)
+        table = self._read_extras(self._files[f])
         with self._lock:
             self._cache[f] = table
             while len(self._cache) > self._cached_files:
                 self._cache.popitem(last=False)
         return table
 
-    def _locate(self, path: str) -> str | None:
-        """The embeddings file as recorded, else beside the index (``<index>/../embeddings/<name>``)."""
-        if "://" in path:
-            return path
-        for candidate in (Path(path), self.index.index_dir.parent / EMBEDDINGS_DIR / Path(path).name):
-            if candidate.is_file():
-                return str(candidate)
-        log.warning("embeddings file %s not found; its samples are served without metadata", path)
+    def _read_extras(self, candidates: list[str]) -> pa.Table | None:
+        """The metadata columns of the first candidate embeddings file that exists; None (logged) when none
+        does or it cannot be read: its samples are then served without metadata."""
+        for url in candidates:
+            try:
+                return read_parquet(url, list(EXTRA_COLUMNS))
+            except FileNotFoundError:
+                continue
+            except (OSError, pa.ArrowException, KeyError) as exc:
+                log.warning("cannot read metadata from %s (%s); items are served without it", url, exc)
+                return None
+        log.warning("embeddings file not found at %s; its samples are served without metadata", " or ".join(candidates))
         return None
+
+    def _candidates(self, path: str) -> list[str]:
+        """Where an embeddings file may be: as recorded, else beside the index (``<index>/../embeddings/<name>``)."""
+        moved = storage.join(_parent(self.index.url), EMBEDDINGS_DIR, posixpath.basename(path))
+        return list(dict.fromkeys([path, moved]))
+
+
+def read_parquet(url: str, columns: list[str]) -> pa.Table:
+    """``columns`` of the Parquet file at ``url`` (local or remote: ranged reads of just those columns)."""
+    with storage.open_read(url, block_size=READ_BLOCK) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _parent(url: str) -> str:
+    """The folder holding ``url`` (a local path made absolute; an object-store URL cut at its last ``/``)."""
+    if storage.is_local(url):
+        return os.path.dirname(os.path.abspath(storage.local_path(url).rstrip(os.sep)))
+    return posixpath.dirname(url.rstrip("/"))
 
 
 def _parse_json(text: str | None) -> Any:

@@ -14,10 +14,11 @@ MiB = 1024 * 1024
 class ServeConfig:
     """The HTTP server over one index dir.
 
-    index_dir: an ``mmembed index`` output dir.
-    shards: shard URLs or patterns (globs, ``{a..b}`` braces) of the tar shards that were embedded; thumbnails are
-        read from them, matched to the index by shard name (file name without ``.tar``). Nothing records where the
-        shards were, so without them search works and thumbnails answer 404 saying to pass ``--shards``.
+    index_dir: an ``mmembed index`` output dir: a local path or an object-store URL (``s3://``, ``gs://``).
+    shards: shard URLs or patterns (globs, ``{a..b}`` braces; local or object store) of the tar shards that were
+        embedded; thumbnails are range-read from them, matched to the index by shard name (file name without
+        ``.tar``). Nothing records where the shards were, so without them search works and thumbnails answer 404
+        saying to pass ``--shards``.
     host / port: where to listen; loopback unless told otherwise.
     max_k: the most results one query may ask for.
     max_upload_bytes: the largest request body (an uploaded image plus its form fields).

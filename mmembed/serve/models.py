@@ -84,3 +84,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         422: "a field is missing or out of range",
     }.items()
 }
+THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    502: {"model": ErrorBody, "description": "the storage holding the sample's shard failed; try again"},
+}

@@ -5,16 +5,20 @@ small model is fastest single-threaded anyway), so model calls are serialised, a
 while it is busy are encoded together in one batch (``TextBatcher``); faiss searches, id lookups,
 image decoding and thumbnail reads run on the server's worker threads in parallel (faiss search is
 thread-safe for reads). Uploaded images are decoded a few at a time to bound memory.
+
+Storage: the index dir and the shards may be local or in an object store (``s3://``, ``gs://``). The index is
+opened by ``mmembed.index.load_index`` (which takes its URL); shards are listed once at start, and each image
+is read by range reads of its member (``thumbnails.py``), never by downloading a shard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -23,10 +27,10 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from mmembed.beam.filesystem import list_shards, open_read
+from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.decode import DecodeError, decode_image
-from mmembed.index.store import INDEX_FILES, read_infos
+from mmembed.index import IndexSet, load_index
 from mmembed.query import encoder_config_from_provenance
 from mmembed.search import Searcher, SearchHit
 from mmembed.serve.catalog import Catalog
@@ -34,7 +38,7 @@ from mmembed.serve.config import ServeConfig
 from mmembed.serve.metrics import Metrics
 from mmembed.serve.models import Hit, Item, SearchResponse
 from mmembed.serve.thumbnails import ThumbnailStore, ThumbnailUnavailable
-from mmembed.shards import shard_name
+from mmembed.shards import check_unique_names, list_shards, shard_name
 
 log = logging.getLogger(__name__)
 MAX_KEY_CHARS = 4096
@@ -98,21 +102,20 @@ class SearchService:
         self.config = config
         self.searcher = searcher
         self.metrics = metrics
-        self.catalog = Catalog(searcher.index, open_read)
-        self.thumbnails = ThumbnailStore(shard_urls, config.thumbnail_cache_items, open_read)
+        self.catalog = Catalog(searcher.index)
+        self.thumbnails = ThumbnailStore(shard_urls, config.thumbnail_cache_items)
         self._model = ThreadPoolExecutor(1, "mmembed-model", initializer=_set_threads, initargs=(config.threads,))
         self._decode_slots = asyncio.Semaphore(IMAGE_DECODE_SLOTS)
         self._texts = TextBatcher(searcher.encoder.encode_texts, self._model, metrics)
         infos = searcher.index.infos
         for modality, index in searcher.index.indexes.items():
             metrics.index_vectors.labels(modality).set(index.count)
-            path = Path(searcher.index.index_dir) / INDEX_FILES[modality]
-            metrics.index_bytes.labels(modality).set(path.stat().st_size)
+            metrics.index_bytes.labels(modality).set(_file_size(str(searcher.index.index_path(modality))))
         metrics.thumbnail_cache_items.set_function(lambda: len(self.thumbnails.cache))
-        known = sum(1 for s in infos["sources"]["files"] if Path(s["path"]).stem in shard_urls)
+        known = sum(1 for s in infos["sources"]["files"] if _stem(s["path"]) in shard_urls)
         log.info(
             "index %s: %d vectors (%s), model %s; %d of %d shards located for thumbnails",
-            searcher.index.index_dir,
+            config.index_dir,
             infos["count"],
             infos["index_key"],
             infos["provenance"].get("model"),
@@ -122,15 +125,18 @@ class SearchService:
 
     @classmethod
     def open(cls, config: ServeConfig, metrics: Metrics) -> SearchService:
-        """Open the index (memory-mapped), load and warm the query model, locate the shards."""
+        """Open the index (memory-mapped; a remote one through load_index's local cache), load and warm the
+        query model, locate the shards: every problem with them surfaces here, before the server listens."""
         _set_threads(config.threads)
+        shard_urls = shard_map(config.shards)  # first: a listing is quicker than opening the index and model
+        index = open_index(config.index_dir)
         override = None
         if config.checkpoint:  # the recorded model, its checkpoint file moved
-            prov = read_infos(config.index_dir)["provenance"]
+            prov = index.infos["provenance"]
             override = replace(encoder_config_from_provenance(prov, config.device), checkpoint=config.checkpoint)
-        searcher = Searcher.from_dir(config.index_dir, override, config.device)
+        searcher = Searcher(index, override, config.device)
         searcher.encoder.encode_texts(["warm up"])  # load now: a bad model fails at start, not on a query
-        return cls(config, searcher, shard_map(config.shards), metrics)
+        return cls(config, searcher, shard_urls, metrics)
 
     def close(self) -> None:
         self._model.shutdown(wait=False, cancel_futures=True)
@@ -241,7 +247,7 @@ class SearchService:
         try:
             data, cached = self.thumbnails.get(row["shard"], row["offset"], row["key"], pixels)
         except ThumbnailUnavailable as exc:
-            raise RequestError(404, str(exc)) from None
+            raise RequestError(exc.status, str(exc)) from None
         self.metrics.thumbnail_cache.labels("hit" if cached else "miss").inc()
         return data
 
@@ -264,13 +270,44 @@ def sample_path(route: str, shard: str, key: str) -> str:
     return f"/{route}/{quote(shard, safe='')}/{quote(key)}"
 
 
-def shard_map(patterns: tuple[str, ...]) -> dict[str, str]:
-    """Shard name -> URL for ``--shards`` patterns (globs and braces expanded; two shards with one name refused)."""
-    if not patterns:
-        return {}
+def open_index(url: str) -> IndexSet:
+    """The index dir at ``url`` (a local path or an object-store URL), opened for search; a storage failure
+    becomes a ConfigError naming the URL, so the command reports it instead of a traceback."""
     try:
-        urls = list_shards(list(patterns))
-    except (FileNotFoundError, ValueError) as exc:
+        return load_index(url)
+    except OSError as exc:
+        raise ConfigError(f"serve --index {url}: cannot open the index ({exc})") from None
+
+
+def _file_size(url: str) -> int:
+    """The size in bytes of the file at ``url`` (0 when the storage does not say)."""
+    found = storage.info(url)
+    return found.size if found is not None else 0
+
+
+def _stem(url: str) -> str:
+    """A file's name without its extension (``s3://b/emb/embeddings/00001.parquet`` -> ``00001``)."""
+    return posixpath.splitext(posixpath.basename(url))[0]
+
+
+def shard_map(patterns: tuple[str, ...]) -> dict[str, str]:
+    """Shard name -> URL for ``--shards`` patterns (globs and braces expanded, local or object-store URLs).
+
+    Each pattern must find at least one shard that exists (a glob matching nothing, a missing bucket, or
+    plain paths none of which exists is a ConfigError naming it); two shards with one name are refused.
+    """
+    urls: dict[str, None] = {}
+    for pattern in patterns:
+        try:
+            found = list_shards([pattern])
+            if not any(storage.info(url) is not None for url in found):  # stops at the first file found
+                raise FileNotFoundError(f"no shard of {pattern!r} exists; check the path and quoting")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"serve --shards: {exc}") from None
+        urls.update(dict.fromkeys(found))
+    try:
+        check_unique_names(list(urls))
+    except ValueError as exc:
         raise ConfigError(f"serve --shards: {exc}") from None
     return {shard_name(url): url for url in urls}
 

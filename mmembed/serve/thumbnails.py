@@ -1,31 +1,49 @@
-"""Thumbnails read straight from the tar shards: one seek to the offset recorded at embed time, no scan.
+"""Thumbnails read straight from the tar shards, local or in an object store: range reads at the offset
+recorded at embed time, never a scan and never a whole-shard download.
 
 The embed job records ``offset``, the byte offset of the image member's data inside its (uncompressed) tar.
-The 512-byte ustar header right before it gives the member's size and name, so reading an image costs one
-seek and two reads. A gzip-compressed shard (``.tar.gz``) cannot be seeked: its images get no thumbnail
-(``ThumbnailUnavailable``, served as a 404 with that reason) rather than a decompression of the shard up to
-the offset on every cache miss. Encoded thumbnails are kept in a bounded LRU cache.
+The 512-byte ustar header right before it gives the member's size and name. One range read takes the header
+and the first ``FIRST_READ`` bytes after it (most images fit: one request, one round trip to an object store);
+a larger image costs a second range read for the rest. Every read goes through ``mmembed.storage.read_bytes``:
+a ranged GET on ``s3://`` / ``gs://``, a seek and read on a local file. A gzip-compressed shard (``.tar.gz``)
+cannot be seeked: its images get no thumbnail (``ThumbnailUnavailable``, served as a 404 with that reason)
+rather than a decompression of the shard up to the offset on every cache miss. Encoded thumbnails are kept in
+a bounded LRU cache.
+
+A shard that cannot be read answers with the sample and the kind of failure only (a 404 when the file, object
+or bucket is missing, a 502 for any other storage failure); its URL and the storage's message go to the
+server log, not to clients.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import tarfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO
 
+from mmembed import storage
 from mmembed.config import DecodeConfig
 from mmembed.decode import DecodeError, decode_image
 
+log = logging.getLogger(__name__)
 TAR_BLOCK = 512
+FIRST_READ = 64 * 1024  # image bytes fetched together with the header (a second read only for larger images)
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a header claiming more is not an image member we wrote
+RangeReader = Callable[[int, int], bytes]  # the bytes [start, end) of one file, fewer where it ends sooner
 
 
 class ThumbnailUnavailable(LookupError):
-    """No thumbnail for this sample; the message says why and what to do."""
+    """No thumbnail for this sample; the message says why and what to do, ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 404) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LRUCache:
@@ -61,12 +79,47 @@ class LRUCache:
         return len(self._items)
 
 
-def read_member_at(f: IO[bytes], offset: int, key: str) -> bytes:
-    """The bytes of the tar member whose data starts at ``offset``, sized from the header just before it."""
+def read_range(url: str, start: int, end: int) -> bytes:
+    """The bytes ``[start, end)`` of the file at ``url`` in one storage request; empty when the file ends
+    before ``start`` (an object store refuses such a range, a local file reads nothing: one answer for both)."""
+    try:
+        return storage.read_bytes(url, start, end)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return b""  # HTTP 416, the range is not satisfiable: the object is shorter than ``start``
+        raise
+
+
+def read_member(read: RangeReader, offset: int, key: str) -> bytes:
+    """The bytes of the tar member whose data starts at ``offset``, sized from the header just before it.
+
+    ``read`` fetches byte ranges of the shard: one for the header and the first ``FIRST_READ`` data bytes,
+    a second only for the rest of a larger member.
+    """
     if offset < TAR_BLOCK or offset % TAR_BLOCK:
         raise ThumbnailUnavailable(f"sample {key}: offset {offset} is not the start of a tar member's data")
-    f.seek(offset - TAR_BLOCK)
-    header = f.read(TAR_BLOCK)
+    first = read(offset - TAR_BLOCK, offset + FIRST_READ)
+    info = _member_info(first[:TAR_BLOCK], offset, key)
+    data = first[TAR_BLOCK : TAR_BLOCK + info.size]
+    if len(data) < info.size:
+        data += read(offset + len(data), offset + info.size)
+    if len(data) != info.size:
+        raise ThumbnailUnavailable(f"sample {key}: shard ends after {len(data)} of {info.size} image bytes")
+    return data
+
+
+def read_member_at(f: IO[bytes], offset: int, key: str) -> bytes:
+    """``read_member`` over an open, seekable file (for callers that already hold one: the demo's contact sheet)."""
+
+    def read(start: int, end: int) -> bytes:
+        f.seek(start)
+        return f.read(end - start)
+
+    return read_member(read, offset, key)
+
+
+def _member_info(header: bytes, offset: int, key: str) -> tarfile.TarInfo:
+    """The tar header before ``offset``, checked to be ``key``'s regular, plausibly sized member."""
     try:
         info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
     except tarfile.HeaderError as exc:
@@ -79,10 +132,7 @@ def read_member_at(f: IO[bytes], offset: int, key: str) -> bytes:
             f"sample {key}: the tar member at offset {offset} is {info.name!r} ({info.size} bytes), not this "
             "sample's image; the shard changed since it was embedded (fix: re-embed it, or pass the right --shards)"
         )
-    data = f.read(info.size)
-    if len(data) != info.size:
-        raise ThumbnailUnavailable(f"sample {key}: shard ends after {len(data)} of {info.size} image bytes")
-    return data
+    return info
 
 
 def _names_match(member: str, key: str) -> bool:
@@ -100,18 +150,18 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
 
 
 class ThumbnailStore:
-    """Shard name -> URL; (shard, offset, size) -> cached JPEG thumbnail."""
+    """Shard name -> URL; (shard, offset, size) -> cached JPEG thumbnail, read by ranges through ``reader``."""
 
     def __init__(
         self,
         shard_urls: dict[str, str],
         cache_items: int,
-        opener: Callable[[str], IO[bytes]],
+        reader: Callable[[str, int, int], bytes] = read_range,
         max_pixels: int = DecodeConfig().max_image_pixels,
     ) -> None:
         self.shard_urls = dict(shard_urls)
         self.cache = LRUCache(cache_items)
-        self.opener = opener
+        self.reader = reader
         self.max_pixels = max_pixels  # what the embed job accepted, so every indexed image has a thumbnail
 
     def has_shard(self, shard: str) -> bool:
@@ -120,12 +170,23 @@ class ThumbnailStore:
     def get(self, shard: str, offset: int, key: str, size: int) -> tuple[bytes, bool]:
         """(JPEG thumbnail of the image member at ``offset`` in ``shard``, whether it came from the cache).
 
-        Raises ThumbnailUnavailable when there is none (unknown or gzip shard, shard changed, not decodable).
+        Raises ThumbnailUnavailable when there is none (unknown, gzip or unreadable shard, shard changed,
+        not decodable).
         """
         cache_key = (shard, offset, size)
         cached = self.cache.get(cache_key)
         if cached is not None:
             return cached, True
+        data = self.image(shard, offset, key)
+        try:
+            thumb = make_thumbnail(data, size, self.max_pixels)
+        except DecodeError as exc:
+            raise ThumbnailUnavailable(f"sample {key}: {exc}") from None
+        self.cache.put(cache_key, thumb)
+        return thumb, False
+
+    def image(self, shard: str, offset: int, key: str) -> bytes:
+        """The stored bytes of the image member at ``offset`` in ``shard`` (range reads, never the whole shard)."""
         url = self.shard_urls.get(shard)
         if url is None:
             raise ThumbnailUnavailable(
@@ -134,17 +195,27 @@ class ThumbnailStore:
             )
         if url.endswith(GZIP_SUFFIXES):
             raise ThumbnailUnavailable(
-                f"sample {key}: shard {url} is gzip-compressed, which cannot be seeked; thumbnails need "
+                f"sample {key}: shard {shard!r} is gzip-compressed, which cannot be seeked; thumbnails need "
                 "uncompressed .tar shards (fix: gunzip the shards and pass the .tar files with --shards)"
             )
         try:
-            with self.opener(url) as f:
-                data = read_member_at(f, offset, key)
-        except (OSError, ValueError) as exc:  # missing or unreadable file (Beam's errors are OSErrors)
-            raise ThumbnailUnavailable(f"sample {key}: cannot read shard {url} ({exc})") from None
-        try:
-            thumb = make_thumbnail(data, size, self.max_pixels)
-        except DecodeError as exc:
-            raise ThumbnailUnavailable(f"sample {key}: {exc}") from None
-        self.cache.put(cache_key, thumb)
-        return thumb, False
+            return read_member(lambda start, end: self.reader(url, start, end), offset, key)
+        except (OSError, ValueError) as exc:
+            raise _unreadable(shard, key, url, exc) from None
+
+
+def _unreadable(shard: str, key: str, url: str, exc: Exception) -> ThumbnailUnavailable:
+    """The client's error for a shard that could not be read: the sample and the kind of failure, no URL and
+    no storage message (they may name buckets and paths); the log gets both, for the operator."""
+    log.warning("sample %s: cannot read shard %s: %s", key, url, exc)
+    if isinstance(exc, FileNotFoundError):
+        return ThumbnailUnavailable(
+            f"sample {key}: cannot read shard {shard!r}: its file, object or bucket is missing from the storage "
+            "(fix: restore it, or restart the server with --shards pointing at the shards that were embedded; "
+            "the server log names the URL)"
+        )
+    return ThumbnailUnavailable(
+        f"sample {key}: cannot read shard {shard!r}: the storage failed ({type(exc).__name__}); try again, "
+        "and if it persists see the server log",
+        status=502,
+    )

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import base64
+import bz2
 import shutil
+import socket
+import zlib
+from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 
 from mmembed.config import ConfigError
 from mmembed.index import IndexBuildConfig, append, build_index, load_index
-from mmembed.index.sharded import WORK_DIR, Part, PartJob, ShardedBuildConfig, add_part, build_sharded
+from mmembed.index.choose import choose_index
+from mmembed.index.reader import EmbeddingFiles
+from mmembed.index.sharded import (
+    WORK_DIR,
+    Part,
+    PartJob,
+    ShardedBuildConfig,
+    add_part,
+    build_sharded,
+    plan_parts,
+)
 from mmembed.index.store import IDS_FILE
-from pipelines.build_index import run
+from pipelines.build_index import beam_runner, run
 from tests.helpers import offline_test_pipeline
 from tests.index.synth import blobs, encoder_provenance, exact_top_k, recall, write_embed_dir, write_shard
 
@@ -157,3 +175,113 @@ def test_cli_sharded_build_on_the_default_local_runner(data, tmp_path: Path) -> 
     infos = read_infos(out)
     assert infos["build"] == "sharded" and infos["parts"] == 2 and infos["count"] == N
     assert main(["index", "--embeddings", str(data[0]), "--out", str(tmp_path / "x"), "--runner", "Direct"]) == 2
+
+
+def test_workers_fetch_the_trained_indexes_once_not_per_part(
+    data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmembed.beam.index as beam_index
+
+    fetched: list[str] = []
+    real = beam_index.part_inputs
+
+    def counting(job: PartJob):  # noqa: ANN202 - a context manager
+        fetched.append(job.work_dir)
+        return real(job)
+
+    monkeypatch.setattr(beam_index, "part_inputs", counting)
+    argv = ["--embeddings", str(data[0]), "--out", str(tmp_path / "index"), "--index-key", "IVF16,Flat"]
+    infos = run([*argv, "--files-per-part", "1", "--tune-queries", "50"], test_pipeline=offline_test_pipeline())
+    assert infos["parts"] == 6 and fetched == [str(tmp_path / "index" / WORK_DIR)]  # in setup, once
+
+
+# -- the job graph of a 10M-row build ------------------------------------------------------------------------------
+GRAPH_ROWS, GRAPH_DIM, GRAPH_FILES = 10_000_000, 512, 1000  # 1000 embeddings files of 10,000 rows (one a shard)
+MAX_TRANSFORM_BYTES = 1 << 20
+DATAFLOW_DRY_RUN = [
+    "--runner=DataflowRunner",
+    "--project=test-project",
+    "--region=us-central1",
+    "--temp_location=gs://mmembed-test/tmp",
+    "--dry_run=True",
+]
+
+
+class Translated(Exception):
+    """Raised once the Dataflow job is built, before anything would be submitted."""
+
+    def __init__(self, pipeline: beam_runner_api_pb2.Pipeline) -> None:
+        super().__init__("translated")
+        self.pipeline = pipeline
+
+
+@dataclass(frozen=True)
+class JobWithArrays(PartJob):
+    """The control: a job that carries its trained index in the graph instead of loading it in ``setup``."""
+
+    trained: bytes = b""
+
+
+def translated_payloads(job: PartJob, parts: list[Part], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Translate the sharded build's Beam job into a Dataflow job (dry run: nothing staged or submitted, no
+    network) and return, per transform, the bytes it carries: its payload, or a ParDo's function pickle once
+    decompressed (what a worker unpickles: Create's elements live in one too)."""
+    pytest.importorskip("apache_beam.runners.dataflow.internal.apiclient", reason="needs apache-beam[gcp]")
+    from apache_beam.runners.dataflow import dataflow_runner
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access during translation: {args[:2]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    original = dataflow_runner.DataflowRunner.run_pipeline
+
+    def run_pipeline(self, pipeline, options, pipeline_proto=None):  # noqa: ANN001, ANN202
+        raise Translated(original(self, pipeline, options, pipeline_proto).job.proto_pipeline)
+
+    monkeypatch.setattr(dataflow_runner.DataflowRunner, "run_pipeline", run_pipeline)
+    with pytest.raises(Translated) as translated:
+        beam_runner(DATAFLOW_DRY_RUN)(job, parts)
+    transforms = translated.value.pipeline.components.transforms.values()
+    return {t.unique_name: max(len(t.spec.payload), len(pickled_payload(t))) for t in transforms}
+
+
+def pickled_payload(transform: beam_runner_api_pb2.PTransform) -> bytes:
+    """A ParDo's pickled function, decompressed (empty for any other transform)."""
+    if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
+        return b""
+    spec = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).do_fn
+    if spec.urn != "beam:dofn:pickled_python_info:v1":
+        return b""
+    packed = base64.b64decode(spec.payload)
+    try:
+        return bz2.decompress(packed)
+    except OSError:
+        return zlib.decompress(packed)
+
+
+@pytest.fixture
+def plan_10m() -> tuple[PartJob, list[Part], int]:
+    """The work of a 10M-row, 512-d sharded build from a bucket (one part per file), and the size its trained
+    index would have: the auto choice's key with its centroids and codebooks (never trained here)."""
+    paths = tuple(f"gs://mmembed-test/emb/embeddings/{i:05d}.parquet" for i in range(GRAPH_FILES))
+    files = EmbeddingFiles(paths, (GRAPH_ROWS // GRAPH_FILES,) * GRAPH_FILES, GRAPH_DIM, {})
+    choice = choose_index(GRAPH_ROWS, GRAPH_DIM, 4 << 30, "ivfpq", 500_000)
+    trained_bytes = len(faiss.serialize_index(faiss.index_factory(GRAPH_DIM, choice.key)))
+    nlist = int(choice.key.split("IVF")[1].split("_")[0])
+    trained_bytes += nlist * GRAPH_DIM * 4  # the centroids an untrained index does not hold yet
+    job = PartJob("gs://mmembed-test/emb/index/_parts", GRAPH_DIM, 65_536, 100)
+    return job, plan_parts(files, 1), trained_bytes
+
+
+def test_the_graph_of_a_10m_row_build_holds_paths_not_arrays(plan_10m, monkeypatch: pytest.MonkeyPatch) -> None:
+    job, parts, trained_bytes = plan_10m
+    sizes = translated_payloads(job, parts, monkeypatch)
+    assert "AddParts/Add" in sizes and any(name.startswith("Parts/") for name in sizes), sorted(sizes)
+    largest = max(sizes, key=sizes.get)
+    assert sizes[largest] < MAX_TRANSFORM_BYTES, (largest, sizes[largest])
+    print(f"largest transform {largest}: {sizes[largest]:,} bytes; a trained index: {trained_bytes:,} bytes")
+
+    control = JobWithArrays(*astuple(job), trained=np.random.default_rng(0).bytes(trained_bytes))
+    inflated = translated_payloads(control, parts[:2], monkeypatch)
+    assert max(inflated.values()) > trained_bytes  # the measure sees an array the graph would carry

@@ -198,3 +198,21 @@ def test_truncated_file_fails_on_the_launcher_naming_it(tmp_path: Path) -> None:
             ["--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "out")],
             test_pipeline=offline_test_pipeline(),
         )
+
+
+def test_results_are_read_from_the_manifest_only(tmp_path: Path) -> None:
+    """A file the job did not commit (a failed bundle attempt's, written before the attempt died) is never read:
+    the launcher reads what the manifest names."""
+    from mmembed import storage
+    from mmembed.beam.dedup import LINKS, SEMANTIC, links_table, read_links, read_result, write_manifest
+    from mmembed.dedup.links import star_links
+    from mmembed.dedup.outputs import write_parquet
+
+    work = str(tmp_path)
+    committed, stray = (storage.join(work, LINKS, f"part-{name}.parquet") for name in ("a", "b"))
+    write_parquet(committed, links_table(star_links("exact", np.array([1, 2, 3]))))
+    write_parquet(stray, links_table(star_links("exact", np.array([1, 2, 3]))))  # the same bucket, written twice
+    write_manifest([(LINKS, committed)], work)
+    links = read_links(work, ("exact",))["exact"]
+    assert (links.left.tolist(), links.right.tolist(), links.pairs) == ([1, 1], [2, 3], 3)
+    assert read_result(work, SEMANTIC).num_rows == 0

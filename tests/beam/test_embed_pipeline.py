@@ -52,7 +52,7 @@ def open_clip_reference(shards: list[str], config: EncoderConfig) -> dict[str, t
 def embedded(demo_shards: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("emb")
     config = EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu", batch_size=8, seed=0)
-    summary = embed(demo_shards, out, config)
+    summary = embed(demo_shards, out, config, decode=DecodeConfig(exact_decode=True))  # exactly open_clip's path
     return out, summary
 
 
@@ -67,6 +67,17 @@ def test_pipeline_embeddings_equal_direct_open_clip(embedded: tuple[Path, dict],
         np.testing.assert_allclose(row["image_embedding"], want_image, atol=2e-5)
         np.testing.assert_allclose(row["text_embedding"], want_text, atol=2e-5)
         assert row["similarity"] == pytest.approx(float(np.dot(want_image, want_text)), abs=1e-4)
+
+
+def test_the_default_reduced_scale_decode_stays_close_to_open_clip(demo_shards: list[str], tmp_path: Path) -> None:
+    config = EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu", batch_size=8, seed=0)
+    summary = embed(demo_shards, tmp_path, config)
+    assert summary["provenance"]["jpeg_decode"] == "reduced-scale"
+    reference = open_clip_reference(demo_shards, EncoderConfig(model="mmembed-tiny", random_init=True, seed=0))
+    rows = read_dir(tmp_path / "embeddings").to_pylist()
+    cosines = [float(np.dot(r["image_embedding"], reference[f"{r['shard']}/{r['key']}"][0])) for r in rows]
+    assert len(cosines) == 38 and min(cosines) > 0.995  # the tiny random model is the sensitive case
+    assert any(c < 1 - 1e-6 for c in cosines)  # some photos were decoded at reduced scale
 
 
 def test_rows_carry_metadata_hashes_and_offsets(embedded: tuple[Path, dict], demo_shards: list[str]) -> None:

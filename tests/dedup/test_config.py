@@ -21,7 +21,6 @@ def test_defaults_and_semantic_part() -> None:
     ("changes", "message"),
     [
         ({"embeddings_dir": ""}, "give both"),
-        ({"out_dir": "gs://bucket/dedup"}, "local paths"),
         ({"methods": ()}, "methods"),
         ({"methods": ("exact", "exact")}, "distinct"),
         ({"methods": ("fuzzy",)}, "methods"),
@@ -43,3 +42,22 @@ def test_defaults_and_semantic_part() -> None:
 def test_bad_values_are_config_errors(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DedupConfig(**{"embeddings_dir": "emb", "out_dir": "out", **changes})
+
+
+def test_object_store_urls_are_accepted() -> None:
+    config = DedupConfig("s3://bucket/emb", "gs://bucket/dedup", work_dir="s3://bucket/work")
+    assert (config.embeddings_dir, config.out_dir, config.work_dir) == (
+        "s3://bucket/emb",
+        "gs://bucket/dedup",
+        "s3://bucket/work",
+    )
+
+
+def test_single_machine_run_refuses_an_object_store_work_dir(tmp_path) -> None:
+    from mmembed.dedup.run import local_work_dir
+
+    with pytest.raises(ConfigError, match="local disk"):
+        local_work_dir(DedupConfig("emb", str(tmp_path), work_dir="s3://bucket/work"))
+    assert local_work_dir(DedupConfig("emb", "s3://bucket/out")) is None  # the system temp dir
+    assert local_work_dir(DedupConfig("emb", str(tmp_path))) == str(tmp_path)
+    assert local_work_dir(DedupConfig("emb", "s3://bucket/out", work_dir=f"file://{tmp_path}")) == str(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import faiss
@@ -52,7 +53,7 @@ def test_counts_and_infos_after_append(appended) -> None:
 
 def test_old_row_ids_are_stable(appended) -> None:
     index_dir, image, _, _, _, _, old_ids, old_results = appended
-    ids = pq.read_table(index_dir / "ids.parquet")
+    ids = pq.read_table(load_index(index_dir).ids_path)
     assert ids.slice(0, 2000).equals(old_ids)
     assert ids.column("row_id").to_pylist() == list(range(3000))
     _, found = load_index(index_dir).search(image[:100], 1)
@@ -83,3 +84,23 @@ def test_appending_another_models_vectors_is_refused(appended, tmp_path: Path) -
     with pytest.raises(ConfigError, match="provenance differs"):
         append(index_dir, [str(other)])
     assert load_index(index_dir).image.count == 3000
+
+
+def test_each_append_writes_the_next_generation_and_removes_the_last(appended, tmp_path: Path) -> None:
+    """infos.json names the current generation's files; the previous generation's are gone once it does."""
+    source, image, _, _, _, after, _, _ = appended
+    index_dir = tmp_path / "index"
+    shutil.copytree(source, index_dir)
+    assert after["generation"] == 1 and after["ids_file"] == "ids.g00001.parquet"
+    assert [after["indexes"][m]["file"] for m in ("image", "text")] == ["image.g00001.index", "text.g00001.index"]
+    more = write_embed_dir(tmp_path / "more", blobs(500, DIM, seed=14), blobs(500, DIM, seed=15), 500, first_shard=3)
+    again = append(index_dir, [str(p) for p in more])
+    assert again["generation"] == 2 and again["count"] == 3500
+    assert sorted(p.name for p in index_dir.iterdir()) == [
+        "ids.g00002.parquet",
+        "image.g00002.index",
+        "infos.json",
+        "text.g00002.index",
+    ]
+    _, found = load_index(index_dir).search(image[:50], 1)
+    np.testing.assert_array_equal(found[:, 0], np.arange(50))

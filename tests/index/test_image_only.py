@@ -184,7 +184,7 @@ def test_append_keeps_image_only_rows_out_of_text_results(data, tmp_path: Path) 
     np.testing.assert_array_equal(found[:, 0], rows)
     _, found = loaded.search(-all_text[rows], 1200, "text")
     assert (found >= 0).all() and all_has[found].all()
-    assert pq.read_table(tmp_path / "index" / IDS_FILE).column("has_text").to_pylist() == all_has.tolist()
+    assert pq.read_table(loaded.ids_path).column("has_text").to_pylist() == all_has.tolist()
 
 
 def test_without_text_vectors_there_is_no_text_index(no_text) -> None:
@@ -286,7 +286,9 @@ def test_an_index_built_before_image_only_samples_still_loads_and_appends(tmp_pa
     new = write_embed_dir(tmp_path / "new", image[300:], text[300:], 100, first_shard=3, has_text=has_text)
     infos = append(tmp_path / "index", [str(p) for p in new])
     assert infos["text_rows"] == 300 + 50
-    assert pq.read_table(ids_path).column("has_text").to_pylist() == [True] * 300 + has_text.tolist()
+    assert infos["ids_file"] != IDS_FILE and not ids_path.exists()  # the next generation replaced it
+    new_ids = tmp_path / "index" / infos["ids_file"]
+    assert pq.read_table(new_ids).column("has_text").to_pylist() == [True] * 300 + has_text.tolist()
     _, found = load_index(tmp_path / "index").search(-text[300:310], 360, "text")  # 350 rows have text
     np.testing.assert_array_equal(
         np.sort(found[:, :350]), np.tile(np.flatnonzero(np.r_[[True] * 300, has_text]), (10, 1))

@@ -1,4 +1,5 @@
-"""Thumbnail seek-reads, the LRU cache, config checks and the command-line arguments, without a server."""
+"""Thumbnail range reads, the LRU cache, shard listing, config checks and the command-line arguments, without a
+server."""
 
 from __future__ import annotations
 
@@ -13,23 +14,32 @@ from PIL import Image
 from mmembed.commands.serve import add_arguments, config_from_args
 from mmembed.config import ConfigError
 from mmembed.serve.config import ServeConfig
-from mmembed.serve.thumbnails import LRUCache, ThumbnailStore, ThumbnailUnavailable, read_member_at
+from mmembed.serve.service import shard_map
+from mmembed.serve.thumbnails import (
+    FIRST_READ,
+    LRUCache,
+    ThumbnailStore,
+    ThumbnailUnavailable,
+    read_member,
+    read_member_at,
+    read_range,
+)
 from tests.tarmaker import jpeg_bytes, write_tar
 
 
-class CountingFile(io.FileIO):
-    """A file that counts the bytes read through it."""
+class RangeLog:
+    """A range reader over one file that records every range asked for and the bytes it returned."""
 
-    read_bytes = 0
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ranges: list[tuple[int, int]] = []
+        self.returned = 0
 
-    def read(self, size: int = -1) -> bytes:
-        data = super().read(size)
-        self.read_bytes += len(data)
+    def __call__(self, start: int, end: int) -> bytes:
+        self.ranges.append((start, end))
+        data = read_range(str(self.path), start, end)
+        self.returned += len(data)
         return data
-
-
-def open_binary(url: str) -> io.BufferedReader:
-    return open(url, "rb")  # noqa: SIM115 - the store closes it
 
 
 def data_offsets(path: Path) -> dict[str, int]:
@@ -49,12 +59,23 @@ def shard(tmp_path: Path) -> Path:
     return write_tar(tmp_path / "00007.tar", members)
 
 
-def test_a_member_is_read_with_one_seek_and_no_scan(shard: Path) -> None:
+def test_a_member_is_read_with_one_range_and_no_scan(shard: Path) -> None:
     offset = data_offsets(shard)["000001.jpg"]
     expected = jpeg_bytes("chelsea", 200)
-    with CountingFile(shard) as f:
-        assert read_member_at(f, offset, "000001") == expected
-        assert f.read_bytes == 512 + len(expected)  # the header before the data, then the data: nothing else
+    reads = RangeLog(shard)
+    assert read_member(reads, offset, "000001") == expected
+    assert reads.ranges == [(offset - 512, offset + FIRST_READ)]  # the header before the data and the data
+    assert reads.returned < shard.stat().st_size  # the rest of the shard (other samples) was never read
+
+
+def test_a_large_member_takes_a_second_range_for_its_rest(tmp_path: Path) -> None:
+    big = jpeg_bytes("astronaut", 900, quality=100)
+    assert len(big) > FIRST_READ  # the case under test
+    path = write_tar(tmp_path / "big.tar", [("000000.jpg", big), ("000001.jpg", jpeg_bytes("coffee", 64))])
+    offset = data_offsets(path)["000000.jpg"]
+    reads = RangeLog(path)
+    assert read_member(reads, offset, "000000") == big
+    assert reads.ranges == [(offset - 512, offset + FIRST_READ), (offset + FIRST_READ, offset + len(big))]
 
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -66,24 +87,27 @@ def test_long_member_names_are_read_too(tmp_path: Path, fmt: int) -> None:
         info = tarfile.TarInfo(f"{key}.jpg")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    with open(path, "rb") as f:
+    assert read_member(RangeLog(path), data_offsets(path)[f"{key}.jpg"], key) == data
+    with open(path, "rb") as f:  # the same from an open file
         assert read_member_at(f, data_offsets(path)[f"{key}.jpg"], key) == data
 
 
 def test_an_offset_that_no_longer_matches_is_refused(shard: Path) -> None:
     offsets = data_offsets(shard)
-    with open(shard, "rb") as f:
-        with pytest.raises(ThumbnailUnavailable, match="changed since it was embedded"):
-            read_member_at(f, offsets["000001.jpg"], "000000")  # another sample's member
-        with pytest.raises(ThumbnailUnavailable, match="no tar header"):
-            read_member_at(f, offsets["000001.jpg"] + 512, "000001")  # inside the data
-        with pytest.raises(ThumbnailUnavailable, match="not the start"):
-            read_member_at(f, 700, "000001")
+    reads = RangeLog(shard)
+    with pytest.raises(ThumbnailUnavailable, match="changed since it was embedded"):
+        read_member(reads, offsets["000001.jpg"], "000000")  # another sample's member
+    with pytest.raises(ThumbnailUnavailable, match="no tar header"):
+        read_member(reads, offsets["000001.jpg"] + 512, "000001")  # inside the data
+    with pytest.raises(ThumbnailUnavailable, match="not the start"):
+        read_member(reads, 700, "000001")
+    with pytest.raises(ThumbnailUnavailable, match="no tar header"):
+        read_member(reads, 512 * 10**6, "000001")  # beyond the end: the shard was cut since
 
 
 def test_store_resizes_caches_and_explains_failures(shard: Path) -> None:
     offsets = data_offsets(shard)
-    store = ThumbnailStore({"00007": str(shard)}, cache_items=1, opener=open_binary)
+    store = ThumbnailStore({"00007": str(shard)}, cache_items=1)
     thumb, cached = store.get("00007", offsets["000000.jpg"], "000000", 64)
     assert not cached and max(Image.open(io.BytesIO(thumb)).size) == 64
     assert store.get("00007", offsets["000000.jpg"], "000000", 64) == (thumb, True)
@@ -93,9 +117,29 @@ def test_store_resizes_caches_and_explains_failures(shard: Path) -> None:
         store.get("00007", offsets["000002.jpg"], "000002", 64)
     with pytest.raises(ThumbnailUnavailable, match="--shards"):
         store.get("00008", 512, "000000", 64)
-    missing = ThumbnailStore({"00007": str(shard.with_name("gone.tar"))}, 4, open_binary)
-    with pytest.raises(ThumbnailUnavailable, match="cannot read shard"):
+    missing = ThumbnailStore({"00007": str(shard.with_name("gone.tar"))}, 4)
+    with pytest.raises(ThumbnailUnavailable, match="cannot read shard '00007': its file, object or bucket") as info:
         missing.get("00007", 512, "000000", 64)
+    assert info.value.status == 404 and "gone.tar" not in str(info.value)  # the client is not told the path
+
+
+def test_a_storage_failure_is_a_502_without_the_storage_message(shard: Path) -> None:
+    def failing(url: str, start: int, end: int) -> bytes:
+        raise PermissionError(13, f"Access Denied (while reading {url})")
+
+    store = ThumbnailStore({"00007": "s3://private-bucket/secret/00007.tar"}, 4, failing)
+    with pytest.raises(ThumbnailUnavailable, match="the storage failed") as info:
+        store.get("00007", data_offsets(shard)["000000.jpg"], "000000", 64)
+    assert info.value.status == 502 and "private-bucket" not in str(info.value)
+
+
+def test_shard_patterns_must_find_shards(shard: Path, tmp_path: Path) -> None:
+    assert shard_map((str(tmp_path / "*.tar"),)) == {"00007": str(shard)}
+    assert shard_map((str(tmp_path / "0000{7..8}.tar"),)) == {"00007": str(shard), "00008": str(tmp_path / "00008.tar")}
+    with pytest.raises(ConfigError, match=r"serve --shards: shard pattern .*nothing/\*\.tar' matched no files"):
+        shard_map((str(tmp_path / "nothing" / "*.tar"),))
+    with pytest.raises(ConfigError, match=r"no shard of .*0000\{8\.\.9\}\.tar' exists"):
+        shard_map((str(tmp_path / "0000{8..9}.tar"),))  # plain paths, none there
 
 
 def test_lru_cache_keeps_the_most_recent() -> None:
