@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and how to fix it."""
 
 
+MAX_K = 10_000  # the most hits one search may ask for (CLI, Python API, HTTP)
+TARGETS = ("image", "text")  # what a search returns: images (the image index) or captions (the text index)
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Which OpenCLIP model to run and how.
@@ -80,6 +84,9 @@ class EncoderConfig:
 # What a sample's caption is to the embed job: "required" (a sample without one is a no_caption error),
 # "optional" (a sample without one is embedded image-only), "none" (captions are not read; no text tower).
 CAPTION_MODES = ("required", "optional", "none")
+# Where JPEGs are decoded: "cpu" (Pillow on the reader threads) or "gpu" (in batches on the model's device, with
+# the resize/crop and perceptual hash there too; other images and JPEGs the device refuses go the CPU way).
+DECODERS = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ class DecodeConfig:
     # False: a JPEG at least twice the model's input size is decoded at reduced scale (Image.draft) before the
     # exact resize; True: every image is decoded in full (slower; the vectors differ slightly, see README)
     exact_decode: bool = False
+    # one of DECODERS: "gpu" leaves JPEGs encoded for the model's device (mmembed.gpudecode); "cpu" decodes all here
+    decoder: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1:
@@ -107,6 +116,8 @@ class DecodeConfig:
             raise ConfigError("image_extensions must name at least one extension")
         if self.captions not in CAPTION_MODES:
             raise ConfigError(f"captions must be one of {', '.join(CAPTION_MODES)}, got {self.captions!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
 
 
 def default_cpu_inference_threads(decode_threads: int) -> int:

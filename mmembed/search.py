@@ -19,12 +19,9 @@ from typing import Any
 import numpy as np
 
 from mmembed import storage
-from mmembed.config import ConfigError, EncoderConfig
+from mmembed.config import MAX_K, TARGETS, ConfigError, EncoderConfig
 from mmembed.index import IndexSet, load_index
 from mmembed.query import QueryEncoder, fuse
-
-TARGETS = ("image", "text")
-MAX_K = 10_000
 
 
 @dataclass(frozen=True)

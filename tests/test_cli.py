@@ -146,3 +146,43 @@ def test_the_installed_entry_point_exits_with_the_commands_status_and_its_output
     usage = run("make-shards", "--no-such-option")
     assert usage.returncode == 2 and "the following arguments are required" in usage.stderr
     assert run("--help").returncode == 0
+
+
+def test_the_command_line_starts_without_the_heavy_libraries() -> None:
+    """``mmembed --help`` and every ``CMD --help`` build all parsers: none of them may import torch, faiss,
+    Beam or pyarrow (seconds of start-up each on a 2-core machine)."""
+    probe = (
+        "import sys\n"
+        "from mmembed.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('torch', 'open_clip', 'faiss', 'apache_beam', 'pyarrow', 'numpy', 'PIL', 'fastapi', 'fsspec')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
+
+
+def test_version_global_flags_anywhere_and_no_abbreviations(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip().startswith("mmembed ")
+    with pytest.raises(SystemExit) as exit_info:  # --mode is not --model
+        main(["search", "--index", "x", "--mode", "keyword", "a cat"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --mode" in capsys.readouterr().err
+    assert main(["make-shards", "--images", "/no/such/folder", "--out", "/tmp/x", "-v"]) != 0  # -v after the command
+    import logging
+
+    assert logging.getLogger().level == logging.INFO and logging.getLogger("mmembed").level == logging.DEBUG
+    main(["make-shards", "--images", "/no/such/folder", "--out", "/tmp/x"])
+    assert logging.getLogger().level == logging.WARNING  # other libraries' INFO lines are off without -v
+    assert logging.getLogger("mmembed").level == logging.INFO
+
+
+def test_options_neither_mmembed_nor_beam_knows_are_refused_with_a_suggestion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["embed", "--shards", str(tmp_path / "x.tar"), "--out", str(tmp_path / "out"), "--random-init"]
+    assert main([*argv, "--batch_size", "16"]) == 2  # clip-retrieval's spelling; Beam would drop it silently
+    error = capsys.readouterr().err
+    assert "unknown option --batch_size" in error and "did you mean --batch-size?" in error
+    assert not (tmp_path / "out").exists()  # refused before anything was made

@@ -9,7 +9,7 @@ from mmembed.commands.output import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pipelines.dedup import add_dedup_arguments
+    from mmembed.dedup.options import add_dedup_arguments
 
     dedup = sub.add_parser("dedup", help="find duplicate groups in an embed job's output and write a keep list")
     add_dedup_arguments(dedup)
@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def dedup_command(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.dedup import run_dedup
+    from mmembed.dedup.options import config_from_args
     from mmembed.dedup.outputs import require_bucket
     from mmembed.shards import list_shards
-    from pipelines.dedup import config_from_args
 
     if args.write_shards and not args.shards:
         raise ValueError("--write-shards needs --shards: the input shards the embeddings came from")

@@ -12,7 +12,7 @@ from mmembed.config import DEVICES
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mmembed.index.choose import FAMILIES
-    from pipelines.build_index import add_build_index_arguments
+    from mmembed.index.options import add_build_index_arguments
 
     build = sub.add_parser("index", help="build image and text FAISS indexes from an embed job's output")
     add_build_index_arguments(build)
@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def index(args: argparse.Namespace, extra: list[str]) -> int:
     from mmembed.index import append, build_index
+    from mmembed.index.options import config_from_args
     from mmembed.index.reader import list_embedding_files
     from mmembed.index.store import base_name, read_infos
-    from pipelines.build_index import config_from_args
 
     if extra and not args.sharded:
         raise ValueError(f"unrecognized arguments: {' '.join(extra)} (Beam options apply with --sharded only)")

@@ -13,7 +13,7 @@ COLUMNS = ["rank", "score", "key", "shard", "caption", "url"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mmembed.search import TARGETS
+    from mmembed.config import TARGETS
 
     search = sub.add_parser("search", help="search an index with text or image queries")
     search.add_argument("query", nargs="?", help="text query (or use --text, --image, --queries-file)")

@@ -3,10 +3,11 @@ links, unioned into groups with one member kept per group.
 
 Plain numpy / pyarrow / faiss; each method has a per-bucket or per-cluster function a Beam job can call
 (``exact.bucket_links``, ``perceptual.bucket_pairs``, ``semantic.cluster_duplicates``), and ``run_dedup``
-composes them on one machine.
+composes them on one machine. The names below load on first use (``mmembed --help`` imports the options).
 """
 
-from mmembed.dedup.config import DedupConfig
-from mmembed.dedup.run import run_dedup
+from mmembed.lazy import lazy_exports
 
-__all__ = ["DedupConfig", "run_dedup"]
+_HOMES = {"DedupConfig": "mmembed.dedup.config", "run_dedup": "mmembed.dedup.run"}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

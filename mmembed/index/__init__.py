@@ -4,10 +4,22 @@
 ``infos.json``; ``load_index(out_dir).search(vectors, k, modality)`` returns (scores, row_ids). Image-only
 samples are never returned by the text index, and embeddings without any text vectors get no text index
 (``mmembed.index.selection`` says how).
+
+The names below load on first use, so light submodules (``mmembed.index.options``, ``.config``) can be
+imported without faiss: ``mmembed --help`` must start at once.
 """
 
-from mmembed.index.config import IndexBuildConfig
-from mmembed.index.job import append, build_index
-from mmembed.index.load import IndexSet, SearchIndex, load_index
+from __future__ import annotations
 
-__all__ = ["IndexBuildConfig", "IndexSet", "SearchIndex", "append", "build_index", "load_index"]
+from mmembed.lazy import lazy_exports
+
+_HOMES = {
+    "IndexBuildConfig": "mmembed.index.config",
+    "append": "mmembed.index.job",
+    "build_index": "mmembed.index.job",
+    "IndexSet": "mmembed.index.load",
+    "SearchIndex": "mmembed.index.load",
+    "load_index": "mmembed.index.load",
+}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

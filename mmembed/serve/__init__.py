@@ -6,20 +6,9 @@ package (or its ``cli`` module) works without FastAPI installed.
 
 from __future__ import annotations
 
-from typing import Any
-
+from mmembed.lazy import lazy_exports
 from mmembed.serve.config import ServeConfig
 
+_HOMES = {"create_app": "mmembed.serve.app", "serve": "mmembed.serve.server"}
 __all__ = ["ServeConfig", "create_app", "serve"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "create_app":
-        from mmembed.serve.app import create_app
-
-        return create_app
-    if name == "serve":
-        from mmembed.serve.server import serve
-
-        return serve
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _HOMES)

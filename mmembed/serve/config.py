@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmembed.config import DEVICES, ConfigError
-from mmembed.search import MAX_K
+from mmembed.config import DEVICES, MAX_K, ConfigError
 
 MiB = 1024 * 1024
 
