@@ -157,13 +157,19 @@ def _check_storable(value: dict[str, Any]) -> None:
         raise DecodeError("bad_metadata", _TOO_DEEP) from None
 
 
+def reads_caption(raw: RawSample, config: DecodeConfig) -> bool | None:
+    """Whether the sample's caption member is read (``--captions``); None when it is required and missing."""
+    read = config.captions != "none" and config.caption_key in raw.members
+    return None if config.captions == "required" and not read else read
+
+
 def decode_sample(raw: RawSample, config: DecodeConfig, reduce_to: int | None = None) -> DecodedSample | SampleError:
     """Decode one raw sample; the first member that fails names the error. ``reduce_to`` as in ``decode_image``
     (the recorded width and height are always the image's own)."""
     image_ext = next(ext for ext in config.image_extensions if ext in raw.members)
     image_member = f"{raw.key}.{image_ext}"
-    read_caption = config.captions != "none" and config.caption_key in raw.members
-    if config.captions == "required" and not read_caption:
+    read_caption = reads_caption(raw, config)
+    if read_caption is None:
         return _error(
             raw,
             f"{raw.key}.{config.caption_key}",

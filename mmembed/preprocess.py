@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from mmembed.records import STAGE_PREPROCESS, DecodedSample, ModelInput, SampleError
+from mmembed.records import STAGE_PREPROCESS, DecodedSample, EncodedImage, ModelInput, SampleError
 from mmembed.schema import utf8_safe
 
 
@@ -43,15 +43,17 @@ def preprocess_error(sample: DecodedSample, exc: Exception) -> SampleError:
 
 def prepare_sample(
     sample: DecodedSample,
-    to_pixels: Callable[[Image.Image], np.ndarray],
+    to_pixels: Callable[[Image.Image], np.ndarray],  # not called for an EncodedImage
     tokenize: Callable[[list[str]], np.ndarray],
 ) -> ModelInput | SampleError:
     """Resize/crop the image and tokenize the caption on CPU, so the encoder gets small arrays; a sample
-    without a caption gets no tokens and is embedded image-only."""
+    without a caption gets no tokens and is embedded image-only. An ``EncodedImage`` (``--decode gpu``) is
+    passed on as it is: the model's device decodes, resizes and hashes it."""
+    encoded = sample.image if isinstance(sample.image, EncodedImage) else None
     try:
-        pixels = to_pixels(sample.image)
+        pixels = to_pixels(sample.image) if encoded is None else None
         tokens = tokenize([sample.caption])[0] if sample.caption is not None else None
         row = sample_row(sample)
     except Exception as exc:  # noqa: BLE001 - any failure here is recorded against this one sample
         return preprocess_error(sample, exc)
-    return ModelInput(row=row, pixels=pixels, tokens=tokens)
+    return ModelInput(row=row, pixels=pixels, tokens=tokens, encoded=encoded)

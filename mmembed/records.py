@@ -66,7 +66,7 @@ class DecodedSample:
     key: str
     offset: int
     image_member: str
-    image: Any  # PIL.Image.Image in RGB
+    image: Any  # PIL.Image.Image in RGB, or an EncodedImage left for the model's device (--decode gpu)
     caption: str | None
     metadata: dict[str, Any] | None
     width: int
@@ -81,12 +81,37 @@ class DecodedSample:
 
 
 @dataclass
+class EncodedImage:
+    """A JPEG the reader left encoded for the model's device to decode (``--decode gpu``).
+
+    Only its header was read (size, EXIF orientation). The whole raw sample rides along, so the CPU path can
+    take the sample over when the device decoder refuses the JPEG; it costs no copy (the same bytes objects).
+    """
+
+    raw: RawSample
+    image_ext: str  # the member of ``raw`` that holds the JPEG
+    orientation: int  # EXIF orientation (1 upright ... 8), applied after decoding as Pillow's exif_transpose does
+
+    @property
+    def data(self) -> bytes:
+        return self.raw.members[self.image_ext]
+
+
+@dataclass
 class ModelInput:
-    """Compact, model-ready arrays for one sample (uint8 pixels, int tokens) plus its row fields."""
+    """Compact, model-ready arrays for one sample (uint8 pixels, int tokens) plus its row fields; or, with
+    ``--decode gpu``, the JPEG's bytes for the model's device to decode, resize and hash in its batch."""
 
     row: dict[str, Any]  # key, shard, offset, caption, metadata, url, width, height, sha256, phash
-    pixels: np.ndarray  # uint8, H x W x 3, already resized and cropped for the model
+    pixels: np.ndarray | None  # uint8, H x W x 3, resized and cropped for the model; None when ``encoded`` is set
     tokens: np.ndarray | None  # int64, context_length; None: image only (no caption, or captions not embedded)
+    encoded: EncodedImage | None = None  # the JPEG to decode on the model's device (row phash filled there)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this input holds for the model: pixels or the encoded JPEG, plus tokens."""
+        image = self.pixels.nbytes if self.pixels is not None else len(self.encoded.data) if self.encoded else 0
+        return image + (0 if self.tokens is None else self.tokens.nbytes)
 
 
 @dataclass

@@ -49,6 +49,7 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
     storage.check_writable(config.out)
     prov = full_provenance(provenance(config.encoder), config.output_dtype)
     prov["jpeg_decode"] = "exact" if config.decode.exact_decode else "reduced-scale"  # DecodeConfig.exact_decode
+    prov["decoder"] = config.decode.decoder  # cpu (Pillow on the readers) or gpu (JPEGs on the model's device)
     settings = job_settings(config.decode)
     plan = plan_resume(config.out, sources, prov, settings, config.overwrite)  # may refuse: nothing changed yet
     removed = sum(storage.remove_temporaries(join(config.out, d)) for d in (EMBEDDINGS_DIR, ERRORS_DIR))

@@ -6,6 +6,7 @@ import argparse
 
 from mmembed.config import (
     CAPTION_MODES,
+    DECODERS,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     DEVICES,
@@ -61,6 +62,15 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode every JPEG in full; by default one at least twice the model's input size is decoded at "
         "reduced scale first (several times faster; cosine to the exact vectors is reported in the README)",
     )
+    parser.add_argument(
+        "--decode",
+        default="cpu",
+        choices=DECODERS,
+        help="cpu: every image is decoded and resized on the CPU workers (default); gpu: JPEGs travel as bytes and "
+        "are decoded in batches on the model's device (nvJPEG; torchvision's CPU decoder with --device cpu), resized, "
+        "cropped and perceptually hashed there; other images, and JPEGs the device decoder refuses, are decoded on "
+        "CPU (counted as gpu_decode.cpu_fallback.* in the summary's beam_counters)",
+    )
     parser.add_argument("--max-image-pixels", type=int, default=DecodeConfig.max_image_pixels)
     parser.add_argument("--overwrite", action="store_true", help="redo shards whose outputs already exist")
 
@@ -87,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
             caption_key=args.caption_key,
             captions=args.captions,
             exact_decode=args.exact_decode,
+            decoder=args.decode,
             max_image_pixels=args.max_image_pixels,
             **({"threads": args.decode_threads} if args.decode_threads else {}),
         ),

@@ -29,7 +29,7 @@ RETRIED_SHARD_ERRORS = ("unreadable_shard", "shard_failed")
 # Provenance fields compared on resume: what puts vectors in one space, and the stored dtype.
 RESUME_PROVENANCE_KEYS = (*IDENTITY_KEYS, "dtype")
 # Settings added after outputs began to record theirs: what an output without the entry was made with.
-SETTINGS_BEFORE_THEY_WERE_RECORDED = {"captions": "required", "exact_decode": True}
+SETTINGS_BEFORE_THEY_WERE_RECORDED = {"captions": "required", "exact_decode": True, "decoder": "cpu"}
 OVERWRITE_FIX = "Nothing was changed. Fix: re-run with --overwrite to redo every shard, or pass another --out."
 
 
@@ -43,6 +43,7 @@ def job_settings(decode: DecodeConfig) -> dict[str, Any]:
         "caption_key": decode.caption_key,
         "captions": decode.captions,
         "exact_decode": decode.exact_decode,
+        "decoder": decode.decoder,
         "metadata_key": decode.metadata_key,
         "image_extensions": list(decode.image_extensions),
         "max_image_pixels": decode.max_image_pixels,

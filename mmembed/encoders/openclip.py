@@ -339,12 +339,17 @@ class OpenClipEncoder:
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         return torch.autocast(device_type, dtype=self.dtype or torch.float32, enabled=enabled)
 
-    @torch.inference_mode()
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 N x H x W x 3 -> float32 N x dim, L2-normalised."""
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        return self.embed_pixel_tensor(
+            torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        )
+
+    @torch.inference_mode()
+    def embed_pixel_tensor(self, pixels: torch.Tensor) -> np.ndarray:
+        """uint8 N x H x W x 3 already on the model's device (e.g. decoded there) -> float32 N x dim, L2-normalised."""
         with self._autocast():
-            features = self.model.encode_image(self.preprocessor.normalise(batch))
+            features = self.model.encode_image(self.preprocessor.normalise(pixels))
         return _l2_normalise(features)
 
     @torch.inference_mode()

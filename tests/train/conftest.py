@@ -39,3 +39,26 @@ def small_run(shards: list[str], out: Path, **overrides) -> TrainConfig:
         log_every=1,
     )
     return replace(base, **overrides)
+
+
+class Interrupt(Exception):
+    """Stands in for a crash in the middle of a run."""
+
+
+def train_until_crash(config: TrainConfig, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``config`` and crash it (``Interrupt``) as its ``step``-th optimizer step begins; steps before it ran."""
+    from mmembed.train.loop import Trainer, train
+
+    real_step = Trainer.step
+    calls = {"n": 0}
+
+    def crashing_step(self, images, tokens):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise Interrupt
+        return real_step(self, images, tokens)
+
+    monkeypatch.setattr(Trainer, "step", crashing_step)
+    with pytest.raises(Interrupt):
+        train(config)
+    monkeypatch.setattr(Trainer, "step", real_step)

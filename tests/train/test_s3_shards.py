@@ -13,9 +13,9 @@ import pytest
 
 from mmembed import storage
 from mmembed.cli import main
-from mmembed.train.loop import Trainer, train
+from mmembed.train.loop import train
 from mmembed.train.run_files import RunFiles
-from tests.train.conftest import small_run
+from tests.train.conftest import small_run, train_until_crash
 
 
 def losses(run: Path) -> list[float]:
@@ -33,28 +33,12 @@ def test_train_reads_shards_from_a_bucket(digit_shards: list[str], bucket: str, 
     assert losses(tmp_path / "remote") == losses(tmp_path / "local")  # same samples, same order, same steps
 
 
-class Interrupt(Exception):
-    """Stands in for a crash in the middle of a run."""
-
-
 def test_a_run_in_a_bucket_resumes_there_and_its_model_embeds(
     digit_shards: list[str], bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = f"{bucket}/run"
     config = replace(small_run(digit_shards, run), max_steps=5, checkpoint_every=2)
-    real_step = Trainer.step
-    calls = {"n": 0}
-
-    def crash_at_step_4(self, images, tokens):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupt
-        return real_step(self, images, tokens)
-
-    monkeypatch.setattr(Trainer, "step", crash_at_step_4)
-    with pytest.raises(Interrupt):
-        train(config)
-    monkeypatch.setattr(Trainer, "step", real_step)
+    train_until_crash(config, 4, monkeypatch)
     published = storage.read_bytes(f"{run}/metrics.jsonl").decode().splitlines()
     assert [json.loads(line)["step"] for line in published] == [1, 2]  # published with the step-2 checkpoint
     assert storage.read_bytes(f"{run}/loss.png").startswith(b"\x89PNG")

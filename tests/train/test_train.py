@@ -13,10 +13,10 @@ import torch
 
 from mmembed.config import ConfigError, EncoderConfig
 from mmembed.encoders.openclip import OpenClipEncoder, checkpoint_meta, provenance
-from mmembed.train import Trainer, train
+from mmembed.train import train
 from tests.helpers import embed, read_dir
 from tests.tarmaker import sample_members, write_tar
-from tests.train.conftest import SMALL, small_run
+from tests.train.conftest import SMALL, small_run, train_until_crash
 
 
 def test_run_writes_model_checkpoints_metrics_and_plot(digit_shards: list[str], tmp_path: Path) -> None:
@@ -69,28 +69,12 @@ def test_checkpoint_under_another_model_name_is_refused(digit_shards: list[str],
         provenance(EncoderConfig(model="mmembed-tiny", checkpoint=str(tmp_path / "run" / "model.pt")))
 
 
-class Interrupt(Exception):
-    """Stands in for a crash in the middle of a run."""
-
-
 def test_resume_mid_epoch_equals_an_uninterrupted_run(
     digit_shards: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = train(small_run(digit_shards, tmp_path / "whole", checkpoint_every=3))
 
-    real_step = Trainer.step
-    calls = {"n": 0}
-
-    def crash_at_step_8(self, images, tokens):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise Interrupt
-        return real_step(self, images, tokens)
-
-    monkeypatch.setattr(Trainer, "step", crash_at_step_8)
-    with pytest.raises(Interrupt):
-        train(small_run(digit_shards, tmp_path / "split", checkpoint_every=3))
-    monkeypatch.setattr(Trainer, "step", real_step)
+    train_until_crash(small_run(digit_shards, tmp_path / "split", checkpoint_every=3), 8, monkeypatch)
     latest = torch.load(tmp_path / "split" / "checkpoints" / "latest.pt", weights_only=True)
     assert latest["mmembed"]["step"] == 6 and latest["mmembed"]["epoch"] == 1 and latest["mmembed"]["position"] > 0
 
