@@ -11,6 +11,10 @@ python=${MMEMBED_PYTHON:-}
 if [[ -z "$python" ]]; then
     if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
 fi
+if compgen -G ".whl/*.whl" >/dev/null; then  # wheels carried to a machine without an index (gpu_wheels.sh)
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 if [[ -n "${OUT:-}" ]]; then
     "$python" benchmarks/gpu_embed.py --json "$@" 2>&1 | tee "$OUT/gpu_embed.log"
