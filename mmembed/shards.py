@@ -15,13 +15,13 @@ from collections.abc import Generator, Iterator
 from typing import IO
 
 from braceexpand import braceexpand
-from webdataset.tariterators import base_plus_ext
 
 from mmembed import storage
 from mmembed.records import STAGE_READ, STAGE_SHARD, RawSample, SampleError, ShardSource
 from mmembed.schema import utf8_safe
 
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset's rule (tariterators.base_plus_ext)
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")  # WebDataset's own metadata members, skipped
 _SPECIAL_TYPES = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
 
@@ -35,6 +35,14 @@ def expand_braces(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
         for url in braceexpand(pattern):
             seen.setdefault(url, None)
     return list(seen)
+
+
+def base_plus_ext(name: str) -> tuple[str | None, str | None]:
+    """A tar member name -> (sample key, extensions): ``a/b.c.jpg`` -> (``a/b``, ``c.jpg``); (None, None) for a
+    name without an extension. WebDataset's own rule, restated here because importing ``webdataset`` imports
+    torch (~2 s), which the embed job's launcher would otherwise pay even with nothing to embed."""
+    match = _KEY_AND_EXTENSION.match(name)
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 
 def list_shards(patterns: list[str] | tuple[str, ...]) -> list[str]:

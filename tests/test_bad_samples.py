@@ -17,12 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from webdataset.tariterators import base_plus_ext
 
 from mmembed.config import EncoderConfig
 from mmembed.preprocess import sample_row
 from mmembed.records import DecodedSample
 from mmembed.schema import utf8_safe
+from mmembed.shards import base_plus_ext
 from tests.helpers import embed, read_dir
 from tests.tarmaker import directory, link, sample_members, write_tar
 

@@ -315,7 +315,7 @@ def test_older_outputs_count_as_cpu_decode_and_the_decoder_is_checked_on_resume(
     record = ShardRecord(ShardCounts("s", 1, {}, {}), source.fingerprint(), {}, older)
     assert first_difference(record, source, {}, job_settings(DecodeConfig())) is None
     difference = first_difference(record, source, {}, job_settings(DecodeConfig(decoder="gpu")))
-    assert difference == 'decoder "cpu", but this run has "gpu"'
+    assert difference == 'decoder "cpu", but this run has "gpu" (to continue with the outputs there: --decode cpu)'
 
 
 # --------------------------------------------------------------------------------------------------

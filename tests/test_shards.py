@@ -222,3 +222,14 @@ def test_directory_entries_are_skipped_silently(tmp_path: Path) -> None:
     members = [directory("d"), *[(f"d/{n}", data) for n, data in sample_members("k0")], directory("d/e/")]
     items = read(write_tar(tmp_path / "d.tar", [*members, *sample_members("k1")]))
     assert [(type(i).__name__, i.key) for i in items] == [("RawSample", "d/k0"), ("RawSample", "k1")]
+
+
+@pytest.mark.parametrize(
+    "name", ["a.jpg", "dir/a.b.txt", "x/y/z.tar.gz", "noext", "dir.with.dots/key.json", ".hidden", "a.", "d/.e.f"]
+)
+def test_member_keys_split_as_webdataset_splits_them(name: str) -> None:
+    from webdataset.tariterators import base_plus_ext as webdataset_rule
+
+    from mmembed.shards import base_plus_ext
+
+    assert base_plus_ext(name) == webdataset_rule(name)

@@ -37,7 +37,6 @@ def resolve_local_settings(config: EmbedJobConfig) -> EmbedJobConfig:
 def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:
     """Embed every shard that has no complete, matching outputs (all of them with ``overwrite``); return the
     summary, which is also written to ``<out>/summary.json``."""
-    from mmembed.beam.embed import EmbedShards, run_embed_pipeline
     from mmembed.encoders.openclip import embedding_dim, provenance
     from mmembed.schema import embeddings_schema, full_provenance
 
@@ -59,6 +58,11 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
 
     counters: dict[str, int] = {}
     if plan.todo:
+        importing = time.monotonic()
+        from mmembed.beam.embed import EmbedShards, run_embed_pipeline  # Beam only when there is work
+
+        started += time.monotonic() - importing  # seconds and samples/s count the job's work, not Beam's import
+
         schema = embeddings_schema(embedding_dim(config.encoder), config.output_dtype, prov)
         transform = EmbedShards(config.encoder, config.decode, config.out, schema, len(plan.todo), settings)
         counters = run_embed_pipeline(plan.todo, transform, beam_args, test_pipeline)

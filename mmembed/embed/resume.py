@@ -106,14 +106,23 @@ def first_difference(
     expected = source.fingerprint()
     pairs = [(f"source {name}", record.source.get(name), expected[name]) for name in ("url", "size", "mtime")]
     pairs += [(name, record.provenance.get(name), provenance.get(name)) for name in RESUME_PROVENANCE_KEYS]
-    pairs += [
-        (name.replace("_", " "), record.settings.get(name, SETTINGS_BEFORE_THEY_WERE_RECORDED.get(name)), value)
-        for name, value in settings.items()
-    ]
+    recorded = {name: record.settings.get(name, SETTINGS_BEFORE_THEY_WERE_RECORDED.get(name)) for name in settings}
+    pairs += [(name.replace("_", " "), recorded[name], value) for name, value in settings.items()]
     for name, was, now in pairs:
         if was != now:
-            return f"{name} {_show(was)}, but this run has {_show(now)}"
+            flag = _continue_flag(name.replace(" ", "_"), was)
+            hint = f" (to continue with the outputs there: {flag})" if flag else ""
+            return f"{name} {_show(was)}, but this run has {_show(now)}{hint}"
     return None
+
+
+def _continue_flag(setting: str, value: Any) -> str | None:
+    """The embed option that repeats a recorded decode setting, for a refusal's fix (None for other fields)."""
+    if setting == "exact_decode":
+        return "--exact-decode" if value else "leave out --exact-decode"
+    flags = {"captions": "--captions", "decoder": "--decode", "caption_key": "--caption-key"}
+    flags["max_image_pixels"] = "--max-image-pixels"
+    return f"{flags[setting]} {value}" if setting in flags else None
 
 
 def _show(value: Any) -> str:

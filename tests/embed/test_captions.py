@@ -134,4 +134,6 @@ def test_another_captions_mode_is_refused_on_resume(
     assert main(["embed", "--shards", *shards, "--out", str(out), "--captions", "optional", *TINY]) == 0
     capsys.readouterr()
     assert main(["embed", "--shards", *shards, "--out", str(out), "--captions", "none", *TINY]) == 2
-    assert 'captions "optional", but this run has "none"' in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert 'captions "optional", but this run has "none"' in error
+    assert "to continue with the outputs there: --captions optional" in error
