@@ -33,6 +33,13 @@ class DecodeError(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int, reduce_to: int | None = None) -> Image.Image:
+    """``decode_image_and_size`` without the size."""
+    return decode_image_and_size(data, max_pixels, reduce_to)[0]
+
+
+def decode_image_and_size(
+    data: bytes, max_pixels: int, reduce_to: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
     """Decode JPEG/PNG/WebP/... bytes to an upright RGB image, refusing images over ``max_pixels``.
 
     The pixel count is checked from the header before any pixel data is decoded, so a
@@ -42,17 +49,20 @@ def decode_image(data: bytes, max_pixels: int, reduce_to: int | None = None) -> 
 
     ``reduce_to``: a JPEG at least twice that size on both sides is decoded at 1/2, 1/4 or 1/8 scale
     (libjpeg's DCT scaling, ``Image.draft``) while both sides stay >= ``reduce_to``: several times cheaper
-    than a full decode that the model's resize then throws away. Other formats decode in full.
+    than a full decode that the model's resize then throws away. Other formats decode in full. The size
+    returned beside the image is the image's own upright (width, height), read from the header before any
+    reduction, so a reduced decode still records what the file holds.
     """
     if not data:
         raise DecodeError("empty_image", f"image member is empty (0 bytes); {FIX_IMAGE}")
     try:
         image = Image.open(io.BytesIO(data))
         _check_pixels(image.size, max_pixels)
+        size = upright_size(image.size, image.getexif().get(ExifTags.Base.Orientation, 1))
         if reduce_to and image.format == "JPEG":
             image.draft("RGB", (reduce_to, reduce_to))
         image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
+        return to_rgb(ImageOps.exif_transpose(image)), size
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -63,13 +73,11 @@ def decode_image(data: bytes, max_pixels: int, reduce_to: int | None = None) -> 
         raise DecodeError("bad_image", f"not a decodable image ({type(exc).__name__}: {exc}); {FIX_IMAGE}") from None
 
 
-def full_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
-    """The upright size of the image in ``data`` when ``decoded`` may be a reduced-scale decode of it:
-    the header's size, turned as EXIF orientation turned the pixels."""
-    with Image.open(io.BytesIO(data)) as header:
-        width, height = header.size
-        turned = header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-    return (height, width) if turned else (width, height)
+def upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) as stored -> as shown once EXIF ``orientation`` is applied: 5-8 turn by 90 degrees
+    (``ImageOps.exif_transpose``'s rule; other values leave the image as it is)."""
+    width, height = size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -180,8 +188,7 @@ def decode_sample(raw: RawSample, config: DecodeConfig, reduce_to: int | None = 
     stage_member = image_member
     try:
         image_bytes = raw.members[image_ext]
-        image = decode_image(image_bytes, config.max_image_pixels, reduce_to)
-        width, height = full_size(image_bytes, image) if reduce_to else image.size
+        image, (width, height) = decode_image_and_size(image_bytes, config.max_image_pixels, reduce_to)
         caption = None
         if read_caption:
             stage_member = f"{raw.key}.{config.caption_key}"

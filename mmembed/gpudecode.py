@@ -33,7 +33,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import functional as TF
 
 from mmembed.config import DecodeConfig
-from mmembed.decode import DecodeError, decode_caption, decode_metadata, reads_caption
+from mmembed.decode import DecodeError, decode_caption, decode_metadata, reads_caption, upright_size
 from mmembed.encoders.openclip import OpenClipEncoder
 from mmembed.preprocess import prepare_sample
 from mmembed.records import DecodedSample, EncodedImage, ModelInput, RawSample, SampleError
@@ -78,7 +78,7 @@ class JpegHeader:
     @property
     def upright_size(self) -> tuple[int, int]:
         """(width, height) once the EXIF orientation is applied, as the CPU path records them."""
-        return (self.height, self.width) if ORIENTATIONS[self.orientation][0] else (self.width, self.height)
+        return upright_size((self.width, self.height), self.orientation)
 
 
 def read_jpeg_header(data: bytes, max_pixels: int) -> JpegHeader | None:
