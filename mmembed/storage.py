@@ -172,11 +172,14 @@ def make_dirs(url: str) -> None:
 
 
 def check_writable(url: str) -> None:
-    """Fail fast, before any work, when a local output directory cannot be created or written to.
+    """Fail fast, before any work, when a local output directory cannot be created or written to, or when the
+    bucket of an object-store output does not exist (naming it).
 
-    Object stores are left to the job: their permissions are the workers', not the launcher's.
+    Object stores' permissions are left to the job: they are the workers', not the launcher's.
     """
     if not is_local(url):
+        fs, path = filesystem(url)
+        _check_bucket(fs, path, url)
         return
     try:
         make_dirs(url)

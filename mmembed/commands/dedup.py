@@ -20,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def dedup_command(args: argparse.Namespace, extra: list[str]) -> int:
+    from mmembed import storage
     from mmembed.dedup import run_dedup
     from mmembed.dedup.options import config_from_args
-    from mmembed.dedup.outputs import require_bucket
     from mmembed.shards import list_shards
 
     if args.write_shards and not args.shards:
@@ -31,9 +31,9 @@ def dedup_command(args: argparse.Namespace, extra: list[str]) -> int:
         raise ValueError(f"unrecognized arguments: {' '.join(extra)} (Beam options apply with --beam only)")
     config = config_from_args(args)
     shards: list[str] = []
-    if args.write_shards:  # a shard pattern matching nothing or a missing bucket fails before the run
+    if args.write_shards:  # a shard pattern matching nothing or an output that cannot be written fails before the run
         shards = list_shards(args.shards)
-        require_bucket(args.write_shards)
+        storage.check_writable(args.write_shards)
     if args.beam:
         from pipelines.dedup import run_config
 
@@ -41,7 +41,6 @@ def dedup_command(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         summary = run_dedup(config)
     if args.write_shards:
-        from mmembed import storage
         from mmembed.config import DecodeConfig
         from mmembed.dedup.outputs import KEEP_FILE
         from mmembed.dedup.write_shards import write_deduplicated_shards

@@ -37,13 +37,6 @@ _METHOD_LISTS = pa.array([method_names(bits) for bits in range(1 << len(METHOD_B
 KEEP_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
 
-def require_bucket(url: str) -> None:
-    """Fail now, naming it, when the bucket of an object-store output ``url`` does not exist, rather than after
-    the whole run when the first write fails; local outputs are checked by ``storage.check_writable``."""
-    if not storage.is_local(url):
-        storage.glob(storage.join(url, "*"))  # finds nothing in a missing bucket, and then says so
-
-
 def write_parquet(url: str, table: pa.Table) -> None:
     """``table`` as one Parquet file at ``url``, atomically."""
     storage.write_atomic(url, lambda f: pq.write_table(table, f))

@@ -45,7 +45,6 @@ from mmembed.dedup.outputs import (
     SUMMARY_FILE,
     duplicates_table,
     keep_table,
-    require_bucket,
     write_histogram,
     write_parquet,
     write_summary,
@@ -218,7 +217,6 @@ def prepare_out(config: DedupConfig) -> str:
     """The out dir (a local one created and checked writable); existing outputs refused unless ``overwrite``
     (then removed, so none goes stale)."""
     out = config.out_dir
-    require_bucket(out)
     existing = [name for name in OUTPUT_FILES if storage.exists(storage.join(out, name))]
     if existing and not config.overwrite:
         raise ConfigError(

@@ -60,6 +60,10 @@ def test_make_shards_and_embed_in_a_bucket(
     assert again["shards_skipped"] == 4 and again["samples_processed_this_run"] == 0
 
 
-def test_embed_names_a_missing_bucket(s3_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_embed_names_a_missing_bucket(
+    s3_endpoint: str, demo_shards: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["embed", "--shards", "s3://no-such-bucket-mmembed/shards/*.tar", "--out", "/tmp/x", *TINY]) == 2
     assert "bucket 'no-such-bucket-mmembed' does not exist" in capsys.readouterr().err
+    assert main(["embed", "--shards", demo_shards[0], "--out", "s3://no-such-bucket-mmembed/emb", *TINY]) == 2
+    assert "bucket 'no-such-bucket-mmembed' does not exist" in capsys.readouterr().err  # before any work
