@@ -120,7 +120,14 @@ def _remove_others(home: str, keep: str) -> None:
     """Remove the other versions of this URL (superseded) and download folders of killed processes."""
     for name in os.listdir(home):
         path = os.path.join(home, name)
-        stale = name.startswith(_DOWNLOADING) and time.time() - os.path.getmtime(path) > _STALE_SECONDS
-        if name != keep and (stale or not name.startswith(_DOWNLOADING)):
-            with contextlib.suppress(OSError):
-                shutil.rmtree(path)
+        if name == keep:
+            continue
+        if name.startswith(_DOWNLOADING):
+            try:
+                age = time.time() - os.path.getmtime(path)
+            except FileNotFoundError:  # another process renamed its finished download into place meanwhile
+                continue
+            if age <= _STALE_SECONDS:
+                continue  # another process is still fetching into it
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path)

@@ -5,6 +5,7 @@ fetched into the local cache once per version, and a missing bucket or index dir
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,24 @@ def test_an_index_appended_to_while_it_is_fetched_is_fetched_again(
     assert loaded.infos["count"] == N and loaded.infos["generation"] == 1
     assert fetched[0] == "infos.json" and "ids.g00001.parquet" in fetched
     assert [p.name for p in Path(cache_root()).glob("*/*")] == [loaded.index_dir.name]
+
+
+def test_cleaning_the_cache_tolerates_a_download_renamed_into_place_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process may finish (rename) its download between the listing and the age check of it: the
+    cleaner skips that folder instead of failing the load (seen once with four concurrent loads)."""
+    from mmembed.index import cache
+
+    for name in ("current", "older", ".download-running", ".download-just-renamed"):
+        (tmp_path / name).mkdir()
+    real_getmtime = os.path.getmtime
+
+    def renamed_meanwhile(path: str) -> float:
+        if path.endswith(".download-just-renamed"):
+            raise FileNotFoundError(path)
+        return real_getmtime(path)
+
+    monkeypatch.setattr(cache.os.path, "getmtime", renamed_meanwhile)
+    cache._remove_others(str(tmp_path), "current")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".download-just-renamed", ".download-running", "current"]
