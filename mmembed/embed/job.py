@@ -37,16 +37,14 @@ def resolve_local_settings(config: EmbedJobConfig) -> EmbedJobConfig:
 def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:
     """Embed every shard that has no complete, matching outputs (all of them with ``overwrite``); return the
     summary, which is also written to ``<out>/summary.json``."""
-    from mmembed.encoders.openclip import embedding_dim, provenance
+    from mmembed.encoders.provenance_cache import encoder_provenance
     from mmembed.schema import embeddings_schema, full_provenance
 
     started = time.monotonic()
     beam_args = beam_args or []
     sources = stat_shards(list_shards(config.shards))
-    if test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args):
-        config = resolve_local_settings(config)
     storage.check_writable(config.out)
-    prov = full_provenance(provenance(config.encoder), config.output_dtype)
+    prov = full_provenance(encoder_provenance(config.encoder), config.output_dtype)
     prov["jpeg_decode"] = "exact" if config.decode.exact_decode else "reduced-scale"  # DecodeConfig.exact_decode
     prov["decoder"] = config.decode.decoder  # cpu (Pillow on the readers) or gpu (JPEGs on the model's device)
     settings = job_settings(config.decode)
@@ -57,13 +55,15 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
     log.info("%d shards, %d to embed, %d already complete", len(sources), len(plan.todo), len(plan.done))
 
     counters: dict[str, int] = {}
-    if plan.todo:
+    if plan.todo:  # torch, open_clip and Beam are imported only when there is work
+        if test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args):
+            config = resolve_local_settings(config)
         importing = time.monotonic()
-        from mmembed.beam.embed import EmbedShards, run_embed_pipeline  # Beam only when there is work
+        from mmembed.beam.embed import EmbedShards, run_embed_pipeline
 
         started += time.monotonic() - importing  # seconds and samples/s count the job's work, not Beam's import
 
-        schema = embeddings_schema(embedding_dim(config.encoder), config.output_dtype, prov)
+        schema = embeddings_schema(prov["dim"], config.output_dtype, prov)
         transform = EmbedShards(config.encoder, config.decode, config.out, schema, len(plan.todo), settings)
         counters = run_embed_pipeline(plan.todo, transform, beam_args, test_pipeline)
 

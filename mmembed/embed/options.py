@@ -77,13 +77,16 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EmbedJobConfig:
     """The job config the parsed options describe."""
-    from mmembed.encoders.openclip import model_of_checkpoint  # torch: only once a job is really run
+    model = args.model
+    if model is None and args.checkpoint:
+        from mmembed.encoders.openclip import model_of_checkpoint  # torch: only to read a checkpoint's model
 
+        model = model_of_checkpoint(args.checkpoint)
     return EmbedJobConfig(
         shards=tuple(args.shards),
         out=args.out,
         encoder=EncoderConfig(
-            model=args.model or model_of_checkpoint(args.checkpoint) or DEFAULT_MODEL,
+            model=model or DEFAULT_MODEL,
             pretrained=args.pretrained,
             checkpoint=args.checkpoint,
             device=args.device,

@@ -24,10 +24,10 @@ from PIL import Image
 
 from mmembed import storage
 from mmembed.config import LOCAL_DIR_PREFIX, RANDOM_INIT_WEIGHTS, ConfigError, EncoderConfig
+from mmembed.encoders.provenance_cache import BUNDLED_CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
-BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT_META_KEY = "mmembed"  # the entry of a checkpoint that ``mmembed train`` fills
 
 
