@@ -18,18 +18,26 @@ system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 
+# One install for every target: dev includes the demo extra (scikit-learn's digits for `make demo`) and adds
+# scikit-image (the photos of the tests and benchmarks); an upgraded pip resolves the nested extra.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[cpu,dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# clip-retrieval's ClipClient for the protocol test (tests/serve/test_clip_retrieval_api.py): the wheel only, since
+# its dependencies clash with ours and its client module needs just requests; the test checks the wheel's sha256.
+CLIP_CLIENT_WHEEL := $(VENV)/wheels/clip_retrieval-2.45.0-py3-none-any.whl
+$(CLIP_CLIENT_WHEEL): | $(STAMP)
+	$(BIN)/pip download --quiet --no-deps --only-binary :all: --dest $(VENV)/wheels clip-retrieval==2.45.0
+
+install: $(STAMP) $(CLIP_CLIENT_WHEEL)
 
 demo: $(STAMP)
 	$(BIN)/mmembed demo --out demo
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) $(CLIP_CLIENT_WHEEL) system-deps lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

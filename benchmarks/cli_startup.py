@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmembed.photos import write_photo_folder  # noqa: E402
+from benchmarks.harness import child_env, interleaved, machine, machine_line, median, run_command, verdict  # noqa: E402
+from tests.photos import write_photo_folder  # noqa: E402
 
 COMMANDS = ("embed", "make-shards", "train", "index", "eval-index", "search", "dedup", "serve", "run", "demo")
 TINY = ["--model", "mmembed-tiny", "--random-init", "--device", "cpu"]
@@ -34,9 +33,8 @@ def mmembed(*args: str) -> list[str]:
 
 
 def seconds(command: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - started
+    """Wall seconds of ``command`` as a fresh child process, launch to exit (it must succeed)."""
+    return run_command(command, env=child_env()).check().wall_s
 
 
 def main() -> None:
@@ -55,22 +53,19 @@ def main() -> None:
         embed = mmembed("embed", "--shards", str(shards / "*.tar"), "--out", str(out), *TINY)
         subprocess.run(embed, check=True, capture_output=True)  # now every shard is complete
         cases["mmembed embed (every shard complete)"] = embed
-        timings = {name: [] for name in cases}
-        for _ in range(args.repeats):
-            for name, command in cases.items():  # interleaved, so load drifts hit every case alike
-                timings[name].append(seconds(command))
+        timings = interleaved({name: lambda c=command: seconds(c) for name, command in cases.items()}, args.repeats)
     report = {
-        "machine": {"cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)},
+        "machine": machine(),
         "repeats": args.repeats,
-        "median_seconds": {name: round(statistics.median(t), 3) for name, t in timings.items()},
+        "median_seconds": {name: round(median(t), 3) for name, t in timings.items()},
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"machine: {report['machine']}; medians of {args.repeats} runs")
+    print(f"{machine_line()}; medians of {args.repeats} runs")
     for name, value in report["median_seconds"].items():
         target = 3.0 if "complete" in name else 1.0
-        print(f"{name:<40} {value:6.2f} s   target < {target:.0f} s   {'ok' if value < target else 'MISSED'}")
+        print(f"{name:<40} {value:6.2f} s   target < {target:.0f} s   {verdict(value < target)}")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +36,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import Comparison, interleaved, machine, machine_line, measure, median  # noqa: E402
 from mmembed.config import DecodeConfig, EncoderConfig  # noqa: E402
 from mmembed.decode import decode_image, decode_sample  # noqa: E402
 from mmembed.encoders.openclip import CaptionTokenizer, ImagePreprocessor, resolve_preprocess_cfg  # noqa: E402
-from mmembed.photos import PHOTOS, load_photo  # noqa: E402
 from mmembed.preprocess import prepare_sample  # noqa: E402
 from mmembed.records import ModelInput  # noqa: E402
 from mmembed.shards import iter_shard_samples  # noqa: E402
+from tests.photos import PHOTOS, load_photo  # noqa: E402
 from tests.tarmaker import write_tar  # noqa: E402
 
 QUERY_MODEL = EncoderConfig(model="ViT-B-32", random_init=True, device="cpu")  # geometry only: 224 x 224 input
@@ -92,31 +93,36 @@ def decode_shards(paths: list[str], exact: bool) -> int:
 
 def timed_run(shards: list[list[str]], exact: bool) -> float:
     """Images/s of one run: one process per list in ``shards`` (1 or 2), started together."""
-    started = time.perf_counter()
-    if len(shards) == 1:
-        done = decode_shards(shards[0], exact)
-    else:
-        with multiprocessing.get_context("fork").Pool(len(shards)) as pool:
-            done = sum(pool.starmap(decode_shards, [(part, exact) for part in shards]))
-    return done / (time.perf_counter() - started)
+    with measure() as m:
+        if len(shards) == 1:
+            done = decode_shards(shards[0], exact)
+        else:
+            with multiprocessing.get_context("fork").Pool(len(shards)) as pool:
+                done = sum(pool.starmap(decode_shards, [(part, exact) for part in shards]))
+    return done / m.wall_s
+
+
+def split(paths: list[str], parts: int) -> list[list[str]]:
+    """``paths`` dealt round-robin into ``parts`` lists (one per process)."""
+    return [paths[i::parts] for i in range(parts)]
 
 
 def throughput(sets: dict[str, list[str]], repeats: int) -> list[dict]:
     """Median images/s per (photo set, decode, processes); runs interleaved so load drifts hit all alike."""
-    rows: dict[tuple[str, str, int], list[float]] = {}
-    for _ in range(repeats):
-        for name, paths in sets.items():
-            for processes in (1, 2):
-                split = [paths[i::processes] for i in range(processes)]
-                for decode in ("exact", "reduced"):
-                    rows.setdefault((name, decode, processes), []).append(timed_run(split, decode == "exact"))
+    cases = {
+        (name, decode, processes): partial(timed_run, split(paths, processes), decode == "exact")
+        for name, paths in sets.items()
+        for processes in (1, 2)
+        for decode in ("exact", "reduced")
+    }
+    rows = interleaved(cases, repeats)
     return [
         {
             "photos": name,
             "decode": decode,
             "processes": processes,
-            "images_per_s": round(statistics.median(values), 1),
-            "per_process": round(statistics.median(values) / processes, 1),
+            "images_per_second": round(median(values), 1),
+            "per_process": round(median(values) / processes, 1),
         }
         for (name, decode, processes), values in rows.items()
     ]
@@ -176,7 +182,7 @@ def main() -> None:
         quality = {name: cosines(model, jpegs) for name, jpegs in photos.items()}
 
     report = {
-        "machine": {"cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)},
+        "machine": machine(),
         "samples_per_set": args.samples,
         "repeats": args.repeats,
         "throughput": rows,
@@ -193,13 +199,14 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"machine: {report['machine']}; {args.samples} samples per set; medians of {args.repeats} runs")
-    print(f"{'photos':<12} {'processes':>9} {'exact img/s':>12} {'reduced img/s':>14} {'speed-up':>9}")
-    by_key = {(r["photos"], r["decode"], r["processes"]): r["images_per_s"] for r in rows}
+    print(f"{machine_line()}; {args.samples} samples per set; medians of {args.repeats} runs")
+    table = Comparison("reduced img/s", "exact img/s", "speed-up")
+    by_key = {(r["photos"], r["decode"], r["processes"]): r["images_per_second"] for r in rows}
     for name in sets:
         for processes in (1, 2):
             exact, reduced = by_key[(name, "exact", processes)], by_key[(name, "reduced", processes)]
-            print(f"{name:<12} {processes:>9} {exact:>12.1f} {reduced:>14.1f} {reduced / exact:>8.2f}x")
+            table.add(f"{name}, {processes} process{'es' if processes > 1 else ''}", reduced, exact, ".1f")
+    table.print("photos", indent="")
     for name, stats in report["cosine_exact_vs_reduced"].items():
         print(
             f"cosine exact vs reduced ({name}, {stats['model']} trained): min {stats['min']}, median {stats['median']}"

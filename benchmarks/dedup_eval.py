@@ -7,8 +7,8 @@ Quality (``--skip-quality`` to leave it out)
     Sources: every photo scikit-image ships inside its wheel that loads offline (21 of them; ``cat`` is left
     out: it is the same array as ``chelsea``; ``stereo_motorcycle``'s two views are near-duplicates of each
     other; checkerboard / binary_blobs / shepp_logan_phantom are synthetic patterns), scikit-learn's two
-    bundled photos (``load_sample_images``: china, flower; scikit-learn is a benchmark-only dependency:
-    ``pip install scikit-learn``, skipped with a note when absent), and two non-overlapping 45% x 45% crops
+    bundled photos (``load_sample_images``: china, flower; scikit-learn comes with the ``demo`` extra:
+    ``pip install 'mmembed[demo]'``, skipped with a note when absent), and two non-overlapping 45% x 45% crops
     (top-left and bottom-right quadrant) of every photo at least 400 px on both sides (not the logo): extra
     distinct images. Each source is stored as JPEG q92 (its "original"); from the decoded original a seeded RNG
     makes near-duplicates: ``copy`` (the very same bytes), ``jpeg`` (re-encode at quality 30-90), ``resize``
@@ -25,8 +25,8 @@ Quality (``--skip-quality`` to leave it out)
     Ground truth, per pair of images: duplicate = same source; negative = different photos, or the two
     non-overlapping crops of one photo ("sibling" negatives, reported apart too); pairs of a crop source and its
     parent photo share content but are not near-duplicates either way: left out of every figure ("related").
-    Methods: exact (sha256 groups, ``exact.exact_groups``), perceptual (``perceptual.hamming_pairs`` at the
-    default threshold of 8 bits and a sweep), semantic (``semantic.find_semantic_duplicates``: pairs with
+    Methods: exact (equal sha256, ``exact.hash_codes``), perceptual (``perceptual.hamming_pairs`` at the
+    default threshold of 8 bits and a sweep), semantic (``tests.dedup.inmemory.find_semantic_duplicates``: pairs with
     cosine > 1 - eps inside one final k-means cluster, at the default eps 0.05 and a sweep, next to the same
     threshold on all pairs without clustering), each on pairs; then ``run_dedup`` end to end on the images
     written as the embed job's Parquet (one method at a time and all three), scored on the pairs its groups
@@ -40,7 +40,8 @@ Scale (``--skip-scale``)
     anisotropic gaussian blobs (spread in a random 32-d subspace of each, plus isotropic noise: pairs inside a
     blob sit at cosine ~0.5, far below the threshold) with 5% of the rows planted as near-copies of another row at
     cosine uniform in [1 - 0.9 eps, 0.999] (all above 1 - eps). Written block by block as the embed job's Parquet
-    (``mmembed.schema``; sha256 and pHash distinct per row; text column = image column) under ``--workdir``,
+    (``tests.index.synth``: vectors from ``ClusteredVectors``, ``write_shard``; sha256 and pHash distinct per row;
+    text column = image column) under ``--workdir``,
     generated once and reused; a smaller size is a prefix of the larger (its first files, symlinked). Each size
     runs ``run_dedup(DedupConfig(methods=('semantic',), eps, keep='first'))`` end to end on its Parquet dir in a
     fresh child process (``OMP_WAIT_POLICY=PASSIVE``): wall and CPU time of the call, time per phase (the
@@ -79,11 +80,8 @@ import io
 import json
 import logging
 import math
-import os
 import resource
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -92,100 +90,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.harness import (  # noqa: E402
+    GIB,
+    child_env,
+    fmt,
+    machine_line,
+    measure,
+    passive_openmp,
+    print_table,
+    proc_status_bytes,
+    run_function,
+    say,
+)
 from mmembed.dedup.config import DEFAULT_EPS, DEFAULT_PHASH_THRESHOLD  # noqa: E402
-from mmembed.schema import PHASH_BYTES, embeddings_schema, full_provenance  # noqa: E402
+from tests.index.synth import ClusteredVectors, encoder_provenance, unit, write_shard  # noqa: E402
 
-CHILD = "_child"
-RESULT_PREFIX = "BENCH_RESULT "
 DEFAULT_WORKDIR = "/tmp/mmembed-dedup-eval"
 DEFAULT_SIZES = (100_000, 200_000, 500_000, 1_000_000)
 RECALL_TARGET = 0.99
 VECTORS = "image_embedding"
-GIB = 2**30
-
-# ---------------------------------------------------------------------------------------------- shared
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def fmt(value: Any, spec: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
-
-
-def print_table(headers: list[str], rows: list[list[Any]], indent: str = "  ") -> None:
-    """A plain left-aligned first column, right-aligned others."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        line = "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        print(indent + line.rstrip())
-        if n == 0:
-            print(indent + "  ".join("-" * w for w in widths))
-
-
-def write_embeddings_file(
-    path: Path,
-    schema: pa.Schema,
-    shard: str,
-    image: np.ndarray,
-    sha256: list[str],
-    phash: np.ndarray,
-    width: np.ndarray,
-    height: np.ndarray,
-    similarity: np.ndarray,
-) -> None:
-    """One ``embeddings/<shard>.parquet`` with the embed job's schema, built column-wise (1M rows in seconds, not
-    the per-row ``EmbeddedSample`` path of tests/index/synth.py); text column = image column."""
-    n, dim = image.shape
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(image, np.float32).reshape(-1)), dim)
-    phash_bytes = np.asarray(phash, dtype=np.uint64).astype(">u8").tobytes()
-    columns = {
-        "key": pa.array([f"{shard}-{i:06d}" for i in range(n)], pa.string()),
-        "shard": pa.array([shard] * n, pa.string()),
-        "offset": pa.array(np.arange(n, dtype=np.int64) * 1024 + 512),
-        "caption": pa.nulls(n, pa.string()),
-        "metadata": pa.nulls(n, pa.string()),
-        "url": pa.nulls(n, pa.string()),
-        "width": pa.array(np.asarray(width, dtype=np.int32)),
-        "height": pa.array(np.asarray(height, dtype=np.int32)),
-        "sha256": pa.array(sha256, pa.string()),
-        "phash": pa.FixedSizeBinaryArray.from_buffers(pa.binary(PHASH_BYTES), n, [None, pa.py_buffer(phash_bytes)]),
-        "image_embedding": vectors,
-        "text_embedding": vectors,
-        "similarity": pa.array(np.asarray(similarity, dtype=np.float32)),
-    }
-    table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def proc_status(field_name: str) -> int | None:
-    """A ``kB`` field of /proc/self/status in bytes (VmHWM: peak RSS since exec; VmRSS: now)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field_name + ":"))
-    except (OSError, StopIteration):
-        return None
-
 
 # ---------------------------------------------------------------------------------------------- quality: data
 
@@ -247,7 +176,7 @@ def load_sources(seed: int) -> tuple[list[Source], list[str]]:
     from PIL import Image
 
     from mmembed.decode import to_rgb
-    from mmembed.photos import load_photo
+    from tests.photos import load_photo
 
     notes = [f"not used: {name} ({why})" for name, why in NOT_USED.items()]
     photos: list[Source] = []
@@ -266,7 +195,7 @@ def load_sources(seed: int) -> tuple[list[Source], list[str]]:
             )
     except ImportError:
         notes.append(
-            "scikit-learn not installed: its 2 sample photos (china, flower) left out (pip install scikit-learn)"
+            "scikit-learn not installed: its 2 sample photos (china, flower) left out (pip install 'mmembed[demo]')"
         )
     crops: list[Source] = []
     rng = np.random.default_rng([seed, 7])
@@ -484,7 +413,7 @@ def semantic_pairs(embedding: np.ndarray, eps: float, seed: int) -> tuple[np.nda
     """(clustered pairs, all pairs) above 1 - eps as masks, with the library's stats; the clustered pairs are the
     above-threshold pairs inside one final cluster (in-cluster comparison is exhaustive)."""
     from mmembed.dedup.config import SemanticConfig
-    from mmembed.dedup.semantic import find_semantic_duplicates
+    from tests.dedup.inmemory import find_semantic_duplicates
 
     found = find_semantic_duplicates(embedding, SemanticConfig(eps=eps, seed=seed))
     sims = embedding @ embedding.T
@@ -550,7 +479,7 @@ def separation(items: list[Item], feats: Features, truth: Truth) -> dict[str, di
 
 
 def run_quality(cfg: EvalConfig) -> dict[str, Any]:
-    from mmembed.dedup.exact import exact_groups
+    from mmembed.dedup.exact import hash_codes
     from mmembed.dedup.perceptual import hamming_pairs
 
     began = time.perf_counter()
@@ -563,11 +492,8 @@ def run_quality(cfg: EvalConfig) -> dict[str, Any]:
     n = len(items)
     methods: dict[str, dict[str, Any]] = {}
 
-    groups = exact_groups(feats.sha256)
-    exact_pred = np.zeros((n, n), dtype=bool)
-    for g in groups:
-        exact_pred[np.ix_(g, g)] = True
-    methods["exact (sha256)"] = score(np.triu(exact_pred, 1), truth)
+    codes = hash_codes(feats.sha256)
+    methods["exact (sha256)"] = score(np.triu(codes[:, None] == codes[None, :], 1), truth)
 
     phash_sweep = {}
     for bits in sorted({*PHASH_SWEEP, DEFAULT_PHASH_THRESHOLD}):
@@ -583,17 +509,18 @@ def run_quality(cfg: EvalConfig) -> dict[str, Any]:
     methods[f"semantic (cos > {1 - cfg.eps:g}, all pairs)"] = eps_sweep[cfg.eps]["all_pairs"]
 
     folder = Path(cfg.workdir) / "quality"
-    schema = embeddings_schema(feats.embedding.shape[1], "float32", full_provenance(feats.provenance, "float32"))
-    write_embeddings_file(
+    write_shard(
         folder / "embeddings" / "q-00000.parquet",
-        schema,
         "q-00000",
         feats.embedding,
-        feats.sha256,
-        feats.phash,
-        feats.width,
-        feats.height,
-        np.zeros(n),
+        None,  # text column = image column
+        feats.provenance,
+        sha256=feats.sha256,
+        phash=feats.phash,
+        width=feats.width,
+        height=feats.height,
+        similarity=np.zeros(n),
+        text_fields=False,
     )
     dedup_summaries = {}
     for combo in DEDUP_COMBOS:
@@ -722,31 +649,18 @@ class ScaleData:
         return Path(workdir) / "scale" / f"data-{digest}"
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+def vectors(data: ScaleData) -> ClusteredVectors:
+    """The blobs the synthetic set is drawn from."""
+    return ClusteredVectors(data.dim, data.seed, data.centres, data.intrinsic_dim, data.spread, data.noise)
 
 
-def blob_model(data: ScaleData) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([data.seed, 0])
-    centres = unit_rows(rng.standard_normal((data.centres, data.dim), dtype=np.float32))
-    bases = rng.standard_normal((data.centres, data.intrinsic_dim, data.dim), dtype=np.float32)
-    bases /= np.float32(np.sqrt(data.intrinsic_dim * data.dim))  # a standard-normal z maps to norm ~1
-    return centres, bases
-
-
-def synth_block(data: ScaleData, centres: np.ndarray, bases: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+def synth_block(
+    data: ScaleData, model: tuple[np.ndarray, np.ndarray | None], block: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Block ``block``'s unit vectors (seeded per block) and its planted pairs (copy row, source row, cosine)."""
     rows, start = data.rows_per_file, block * data.rows_per_file
     rng = np.random.default_rng([data.seed, 1, block])
-    labels = rng.integers(0, len(centres), rows)
-    points = centres[labels]
-    z = rng.standard_normal((rows, data.intrinsic_dim), dtype=np.float32) * np.float32(data.spread)
-    order = np.argsort(labels, kind="stable")
-    for group in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1):
-        points[group] += z[group] @ bases[labels[group[0]]]
-    points += np.float32(data.noise / np.sqrt(data.dim)) * rng.standard_normal((rows, data.dim), dtype=np.float32)
-    points = unit_rows(points)
+    points = vectors(data).block(model, rows, rng)
     copies = rng.choice(rows, size=round(rows * data.dup_fraction), replace=False)
     pool = np.setdiff1d(np.arange(rows), copies)
     originals = rng.choice(pool, size=len(copies))  # with replacement: some rows get 2+ copies
@@ -755,7 +669,7 @@ def synth_block(data: ScaleData, centres: np.ndarray, bases: np.ndarray, block: 
     noise = rng.standard_normal(base.shape)
     noise -= np.sum(noise * base, axis=1, keepdims=True) * base
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    points[copies] = unit_rows(cosine[:, None] * base + np.sqrt(1 - cosine[:, None] ** 2) * noise).astype(np.float32)
+    points[copies] = unit(cosine[:, None] * base + np.sqrt(1 - cosine[:, None] ** 2) * noise)
     planted = np.stack([copies + start, originals + start, cosine], axis=1)
     return points, planted
 
@@ -770,39 +684,26 @@ def ensure_scale_data(data: ScaleData, workdir: str, rows: int) -> tuple[Path, f
     if not missing:
         return folder, 0.0
     began = time.perf_counter()
-    centres, bases = blob_model(data)
-    schema = embeddings_schema(data.dim, "float32", full_provenance(scale_provenance(data), "float32"))
+    model = vectors(data).model()
+    provenance = encoder_provenance(data.dim, model="synthetic-blobs", seed=data.seed, trained=True)
     for b in missing:
-        points, planted = synth_block(data, centres, bases, b)
+        points, planted = synth_block(data, model, b)
         start, m = b * data.rows_per_file, len(points)
-        ids = np.arange(start, start + m)
         np.save(folder / f"planted-{b:05d}.npy", planted)
-        write_embeddings_file(
+        write_shard(
             folder / "embeddings" / f"shard-{b:05d}.parquet",
-            schema,
             f"shard-{b:05d}",
             points,
-            [f"{i:064x}" for i in ids],
-            np.random.default_rng([data.seed, 2, b]).integers(0, 2**64, size=m, dtype=np.uint64),
-            np.full(m, 64),
-            np.full(m, 64),
-            np.ones(m),
+            None,  # text column = image column
+            provenance,
+            sha256=[f"{i:064x}" for i in range(start, start + m)],  # distinct across the whole set
+            phash=np.random.default_rng([data.seed, 2, b]).integers(0, 2**64, size=m, dtype=np.uint64),
+            height=np.full(m, 64),
+            similarity=np.ones(m),
+            text_fields=False,
         )
         say(f"  scale data: wrote block {b + 1}/{blocks} ({(b + 1) * data.rows_per_file:,} rows)")
     return folder, time.perf_counter() - began
-
-
-def scale_provenance(data: ScaleData) -> dict[str, Any]:
-    return {
-        "model": "synthetic-blobs",
-        "pretrained": None,
-        "checkpoint": None,
-        "checkpoint_sha256": None,
-        "weights": "synthetic",
-        "init_seed": data.seed,
-        "dim": data.dim,
-        "preprocessing": None,
-    }
 
 
 def rows_per_file(sizes: tuple[int, ...], cap: int = 50_000) -> int:
@@ -872,7 +773,7 @@ class _RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(0.1):
             for name in self.peak:
-                self.peak[name] = max(self.peak[name], proc_status(name) or 0)
+                self.peak[name] = max(self.peak[name], proc_status_bytes(name) or 0)
 
 
 def residual_phases(timed: dict[str, float], total: float) -> dict[str, float]:
@@ -885,6 +786,8 @@ def residual_phases(timed: dict[str, float], total: float) -> dict[str, float]:
 
 
 def child_scale(args: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process (``run_function``): ``run_dedup`` on one size, timed per phase, its peak RSS read right
+    after the call; then the pair recall against exact range search."""
     import faiss
     from faiss.contrib.exhaustive_search import range_ground_truth
 
@@ -893,6 +796,7 @@ def child_scale(args: dict[str, Any]) -> dict[str, Any]:
     from mmembed.index.evaluate import sample_rows
     from mmembed.index.reader import gather_rows, iter_vectors, open_embeddings
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args["threads"]:
         faiss.omp_set_num_threads(args["threads"])
     phases = _Phases()
@@ -903,7 +807,7 @@ def child_scale(args: dict[str, Any]) -> dict[str, Any]:
     phases.wrap(semantic, "deduplicate_clusters", "in-cluster", capture=True)
     phases.wrap(semantic, "range_pairs", "library recall check")
     phases.wrap(run_module, "finish", "groups + outputs")
-    rss_before = proc_status("VmRSS")
+    rss_before = proc_status_bytes("VmRSS")
     config = DedupConfig(
         embeddings_dir=args["emb"],
         out_dir=args["out"],
@@ -919,12 +823,11 @@ def child_scale(args: dict[str, Any]) -> dict[str, Any]:
     )
     sampler = _RssSampler()
     sampler.start()
-    cpu0, began = time.process_time(), time.perf_counter()
-    summary = run_dedup(config)
-    wall, cpu = time.perf_counter() - began, time.process_time() - cpu0
+    with measure() as call:
+        summary = run_dedup(config)
+    wall, cpu, peak = call.wall_s, call.cpu_s, call.peak_rss_bytes
     sampler.stop.set()
     sampler.join()
-    peak = proc_status("VmHWM")
     ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     secs, cpu_secs = residual_phases(phases.seconds, wall), residual_phases(phases.cpu, cpu)
 
@@ -985,40 +888,15 @@ def child_scale(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def child_main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    what, arg = argv
-    if what != "scale":
-        raise SystemExit(f"unknown child task {what!r}")
-    result = child_scale(json.loads(arg))
-    print(RESULT_PREFIX + json.dumps(result, default=float), flush=True)
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- scale: parent
 
 
 def run_child(args: dict[str, Any], log: Path, timeout: float | None) -> dict[str, Any]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), CHILD, "scale", json.dumps(args)]
-    load_before = os.getloadavg()[0]
-    began = time.perf_counter()
-    with open(log, "w") as err, tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=child_env(), cwd=REPO)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # our own child only
-            proc.wait()
-            return {"n": args["n"], "error": f"timed out after {timeout:.0f} s", "log": str(log)}
-        out.seek(0)
-        lines = [line for line in out.read().splitlines() if line.startswith(RESULT_PREFIX)]
-    process_s = time.perf_counter() - began
-    if proc.returncode or not lines:
-        return {"n": args["n"], "error": f"child exited {proc.returncode}; see {log}", "log": str(log)}
-    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    result.update(process_s=process_s, load=[round(load_before, 2), round(os.getloadavg()[0], 2)], log=str(log))
-    return result
+    """``child_scale`` in a fresh process (offline, passive OpenMP): its figures, or an error naming the log."""
+    run = run_function("benchmarks.dedup_eval:child_scale", args, log=log, timeout=timeout, env=child_env())
+    if not run.ok:
+        return {"n": args["n"], "error": run.error, "log": str(log)}
+    return {**run.result, "process_s": run.wall_s, "load": list(run.load), "log": str(log)}
 
 
 def loglog_fit(ns: list[int], ts: list[float]) -> float | None:
@@ -1111,8 +989,8 @@ def print_scale(s: dict[str, Any], cfg: EvalConfig) -> None:
         f"{s['generate_s']:.0f} s (0 = reused) under {s['data_dir']}"
     )
     print(
-        f"  machine: {os.cpu_count()} cores, OMP_WAIT_POLICY=PASSIVE, faiss threads "
-        f"{cfg.threads or 'default'}; load average before/after each run in the last column"
+        f"  {machine_line()}; OMP_WAIT_POLICY=PASSIVE, faiss threads {cfg.threads or 'default'}; "
+        "load average before/after each run in the last column"
     )
     rows = []
     for r in s["results"]:
@@ -1253,11 +1131,7 @@ def parse_args(argv: list[str]) -> EvalConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":  # libgomp reads it at load time: restart with it set
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv])
-    if argv[:1] == [CHILD]:
-        return child_main(argv[1:])
+    passive_openmp(__file__, argv)
     cfg = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,21 @@ import torch
 import webdataset as wds
 from PIL import Image, ImageOps
 
-from mmembed.config import (
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `benchmarks` and `tests` import when this runs as a script
+
+from benchmarks.harness import (  # noqa: E402
+    MIB,
+    child_env,
+    fmt,
+    machine,
+    measure,
+    median,
+    peak_rss_bytes,
+    print_table,
+    verdict,
+)
+from mmembed.config import (  # noqa: E402
     DEVICES,
     PRECISIONS,
     DecodeConfig,
@@ -96,9 +110,9 @@ from mmembed.config import (
     EncoderConfig,
     default_cpu_inference_threads,
 )
-from mmembed.decode import to_rgb
-from mmembed.embed.job import run_job
-from mmembed.encoders.openclip import (
+from mmembed.decode import to_rgb  # noqa: E402
+from mmembed.embed.job import run_job  # noqa: E402
+from mmembed.encoders.openclip import (  # noqa: E402
     BUNDLED_CONFIG_DIR,
     LOCAL_DIR_PREFIX,
     OpenClipEncoder,
@@ -106,13 +120,12 @@ from mmembed.encoders.openclip import (
     register_bundled_configs,
     resolve_device,
 )
-from mmembed.makeshards import ShardSpec, SourceSample, write_shards
-from mmembed.photos import PHOTOS, load_photo
-from mmembed.shards import list_shards, shard_name
+from mmembed.makeshards import ShardSpec, SourceSample, write_shards  # noqa: E402
+from mmembed.shards import list_shards, shard_name  # noqa: E402
+from tests.photos import PHOTOS, load_photo  # noqa: E402
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TARGET_RATIO = 0.9  # the Beam job should reach at least 90% of the plain loop's throughput on CPU
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("throughput", "durability")
 BENCH_MODEL = "mmembed-tiny"  # bundled; random weights unless --pretrained or --checkpoint
 DURABILITY_EMBED_DIM = 512  # a realistic embedding width (ViT-B-32's), on mmembed-tiny's fast towers
@@ -199,17 +212,11 @@ class RunResult:
         return 1000 * self.cpu_seconds / self.samples
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process plus its exited children (DataLoader workers, Beam SDK subprocesses)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 def timed_run(side: str, run: str, out: Path, work: Callable[[], int]) -> RunResult:
-    """Run ``work`` (returns the samples it embedded) and time it, wall clock and CPU."""
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    samples = work()
-    return RunResult(side, run, samples, time.perf_counter() - wall, cpu_seconds() - cpu, str(out))
+    """Run ``work`` (returns the samples it embedded) and time it, wall clock and CPU (with exited children)."""
+    with measure() as m:
+        samples = work()
+    return RunResult(side, run, samples, m.wall_s, m.cpu_s, str(out))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,14 +417,14 @@ def compare_outputs(beam_out: str, plain_out: str) -> dict[str, Any]:
 
 def time_model_load(config: BenchConfig) -> float:
     """Seconds to build/load the model once (both sides pay this inside every timed run)."""
-    started = time.perf_counter()
-    OpenClipEncoder.load(config.encoder())
-    return time.perf_counter() - started
+    with measure() as m:
+        OpenClipEncoder.load(config.encoder())
+    return m.wall_s
 
 
 def timed_median(results: list[RunResult], side: str, metric: Callable[[RunResult], float]) -> float:
     """Median of ``metric`` over one side's timed runs (warm-up runs left out)."""
-    return statistics.median(metric(r) for r in results if r.side == side and not r.run.startswith("warm"))
+    return median([metric(r) for r in results if r.side == side and not r.run.startswith("warm")])
 
 
 def summarize(config: BenchConfig, context: dict[str, Any], results: list[RunResult]) -> dict[str, Any]:
@@ -434,8 +441,8 @@ def summarize(config: BenchConfig, context: dict[str, Any], results: list[RunRes
     runs = [
         {
             "run": run,
-            "beam_samples_per_s": round(sides["beam"].samples_per_second, 2),
-            "plain_samples_per_s": round(sides["plain"].samples_per_second, 2),
+            "beam_samples_per_second": round(sides["beam"].samples_per_second, 2),
+            "plain_samples_per_second": round(sides["plain"].samples_per_second, 2),
             "beam_seconds": round(sides["beam"].seconds, 3),
             "plain_seconds": round(sides["plain"].seconds, 3),
             "beam_cpu_ms_per_sample": round(sides["beam"].cpu_ms_per_sample, 3),
@@ -450,10 +457,10 @@ def summarize(config: BenchConfig, context: dict[str, Any], results: list[RunRes
     return {
         "config": {**asdict(config), **context},
         "runs": runs,
-        "median_beam_samples_per_s": round(beam, 2),
-        "median_plain_samples_per_s": round(plain, 2),
+        "median_beam_samples_per_second": round(beam, 2),
+        "median_plain_samples_per_second": round(plain, 2),
         "ratio_of_medians": round(ratio, 3),
-        "median_of_ratios": round(statistics.median(timed_ratios), 3),
+        "median_of_ratios": round(median(timed_ratios), 3),
         "median_beam_cpu_ms_per_sample": round(timed_median(results, "beam", cpu), 3),
         "median_plain_cpu_ms_per_sample": round(timed_median(results, "plain", cpu), 3),
         "target_ratio": TARGET_RATIO,
@@ -488,32 +495,31 @@ def print_report(summary: dict[str, Any], check: dict[str, Any]) -> None:
     print(f"beam runner: {c['beam_runner']}  beam_args={list(c['beam_args'])}")
     print(f"model build/load alone: {c['model_load_seconds']:.2f} s (inside every run of both sides)")
     print(
-        f"machine load (1-min load average) at start {c['load_average_start']}, at end {c['load_average_end']}, "
-        f"on {os.cpu_count()} cpus: other processes take cores from both sides, and most from the plain loop,\n"
+        f"machine: {os.cpu_count()} cpus, load average (1 min) {c['load_average_start']} at start, "
+        f"{c['load_average_end']} at end: other processes take cores from both sides, and most from the plain loop,\n"
         "  whose edge is running decode in parallel with the model; above ~1 the ratio drifts towards 1."
     )
-    print(f"timing: {TIMING_NOTE}")
-    print(
-        f"\n{'run':>10} {'beam samples/s':>15} {'plain samples/s':>16} {'beam/plain':>11} {'beam s':>8} {'plain s':>8}"
-        f" {'beam cpu ms/sample':>19} {'plain cpu ms/sample':>20}"
+    print(f"timing: {TIMING_NOTE}\n")
+    headers = ["run", "beam samples/s", "plain samples/s", "beam/plain", "beam s", "plain s"]
+    headers += ["beam cpu ms/sample", "plain cpu ms/sample"]
+    rows = [
+        [r["run"], fmt(r["beam_samples_per_second"], ".1f"), fmt(r["plain_samples_per_second"], ".1f")]
+        + [fmt(r["ratio"], ".3f"), fmt(r["beam_seconds"], ".2f"), fmt(r["plain_seconds"], ".2f")]
+        + [fmt(r["beam_cpu_ms_per_sample"], ".2f"), fmt(r["plain_cpu_ms_per_sample"], ".2f")]
+        for r in summary["runs"]
+    ]
+    s = summary
+    rows.append(
+        ["median", fmt(s["median_beam_samples_per_second"], ".1f"), fmt(s["median_plain_samples_per_second"], ".1f")]
+        + [fmt(s["ratio_of_medians"], ".3f"), "", "", fmt(s["median_beam_cpu_ms_per_sample"], ".2f")]
+        + [fmt(s["median_plain_cpu_ms_per_sample"], ".2f")]
     )
-    for r in summary["runs"]:
-        print(
-            f"{r['run']:>10} {r['beam_samples_per_s']:>15.1f} {r['plain_samples_per_s']:>16.1f} "
-            f"{r['ratio']:>11.3f} {r['beam_seconds']:>8.2f} {r['plain_seconds']:>8.2f}"
-            f" {r['beam_cpu_ms_per_sample']:>19.2f} {r['plain_cpu_ms_per_sample']:>20.2f}"
-        )
+    print_table(headers, rows, indent="")
+    print(f"(beam/plain is the ratio of the medians; median of per-run ratios: {summary['median_of_ratios']:.3f})")
     print(
-        f"{'median':>10} {summary['median_beam_samples_per_s']:>15.1f} {summary['median_plain_samples_per_s']:>16.1f} "
-        f"{summary['ratio_of_medians']:>11.3f} {'':>8} {'':>8}"
-        f" {summary['median_beam_cpu_ms_per_sample']:>19.2f} {summary['median_plain_cpu_ms_per_sample']:>20.2f}"
+        f"\ntarget: Beam job within 10% of the plain loop on CPU (beam/plain >= {TARGET_RATIO}): "
+        f"{verdict(summary['target_met'])}"
     )
-    print(
-        f"{'':>10} (beam/plain is the ratio of the medians; "
-        f"median of per-run ratios: {summary['median_of_ratios']:.3f})"
-    )
-    verdict = "MET" if summary["target_met"] else "NOT MET"
-    print(f"\ntarget: Beam job within 10% of the plain loop on CPU (beam/plain >= {TARGET_RATIO}): {verdict}")
     if c["resolved_device"] != "cpu":
         print("  (the target is stated for CPU; this run used " + c["resolved_device"] + ")")
     print(
@@ -553,9 +559,9 @@ def write_wide_tiny_model(folder: Path) -> str:
 
 
 def job_env(job_root: str) -> dict[str, str]:
-    """This environment, offline, with ``job_root`` first on the path so its ``mmembed`` and ``pipelines`` load."""
-    path = os.pathsep.join(p for p in (job_root, os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    """The benchmarks' child environment with ``job_root`` first on the path, so its ``mmembed`` and ``pipelines``
+    load."""
+    return child_env(job_root)
 
 
 def job_code_path(job_root: str) -> str:
@@ -583,15 +589,6 @@ def complete_shards(errors_dir: Path) -> int:
         return sum(e.name.endswith(".parquet") and not e.name.startswith(".") for e in os.scandir(errors_dir))
     except FileNotFoundError:
         return 0
-
-
-def rss_high_water_mb(pid: int) -> float | None:
-    """A live process's peak RSS so far (VmHWM from /proc), or None where there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
 
 
 def start_job(config: BenchConfig, args: list[str], log: BinaryIO) -> tuple[subprocess.Popen, int]:
@@ -624,7 +621,8 @@ def run_job_process(config: BenchConfig, urls: list[str], out: Path, model: str)
             if exited:
                 break
             if durable_rss is None and done == len(urls):
-                durable_rss = rss_high_water_mb(job_pid)
+                durable_rss = peak_rss_bytes(job_pid)  # the live job's VmHWM so far
+                durable_rss = None if durable_rss is None else durable_rss / MIB
             time.sleep(POLL_SECONDS)
         peak_kb = int(launcher.stdout.read())  # ru_maxrss is in KB on Linux
     if launcher.returncode != 0:
@@ -632,17 +630,6 @@ def run_job_process(config: BenchConfig, urls: list[str], out: Path, model: str)
         raise RuntimeError(f"embed job on {len(urls)} shards exited {launcher.returncode}; log {log}:\n{tail}")
     embedded = json.loads((out / "summary.json").read_text(encoding="utf-8"))["embedded"]
     return DurabilityRun(len(urls), embedded, now - started, first, peak_kb / 1024, durable_rss)
-
-
-def number_or_none(value: float | None, decimals: int) -> str:
-    """``value`` with ``decimals`` decimals, or "none" for a figure a run could not measure."""
-    return "none" if value is None else f"{value:.{decimals}f}"
-
-
-def median_or_none(values: list[float | None]) -> float | None:
-    """Median of the values that exist (a run without a complete shard before exit has none)."""
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
 
 
 def round_or_none(value: float | None, decimals: int) -> float | None:
@@ -664,11 +651,11 @@ def summarize_durability(runs: list[DurabilityRun]) -> list[dict[str, Any]]:
             {
                 "shards": shards,
                 "samples": statistics.median_low(r.samples for r in mine),
-                "seconds": round(statistics.median(r.seconds for r in mine), 2),
-                "first_durable_seconds": round_or_none(median_or_none([r.first_durable_seconds for r in mine]), 2),
-                "first_fraction": round_or_none(median_or_none([r.first_fraction for r in mine]), 3),
-                "durable_rss_mb": round_or_none(median_or_none([r.durable_rss_mb for r in mine]), 1),
-                "peak_rss_mb": round(statistics.median(r.peak_rss_mb for r in mine), 1),
+                "seconds": round(median([r.seconds for r in mine]), 2),
+                "first_durable_seconds": round_or_none(median([r.first_durable_seconds for r in mine]), 2),
+                "first_fraction": round_or_none(median([r.first_fraction for r in mine]), 3),
+                "durable_rss_mb": round_or_none(median([r.durable_rss_mb for r in mine]), 1),
+                "peak_rss_mb": round(median([r.peak_rss_mb for r in mine]), 1),
                 "runs": len(mine),
             }
         )
@@ -681,7 +668,7 @@ def durability_benchmark(config: BenchConfig, workdir: Path) -> dict[str, Any]:
     print(f"making {most * per_shard} samples ({most} shards of {per_shard}) in {workdir} ...", flush=True)
     urls = make_demo_shards(workdir, most * per_shard, per_shard, config.seed)
     model = write_wide_tiny_model(workdir / "model")
-    context = {"job_code": job_code_path(config.job_root), "load_average_start": round(os.getloadavg()[0], 2)}
+    context = {"job_code": job_code_path(config.job_root), "load_average_start": machine()["load_1m"]}
     runs: list[DurabilityRun] = []
     for repeat in range(config.durability_repeats):
         counts = config.durability_shards if repeat % 2 == 0 else config.durability_shards[::-1]  # alternate order
@@ -689,13 +676,13 @@ def durability_benchmark(config: BenchConfig, workdir: Path) -> dict[str, Any]:
             run = run_job_process(config, urls[:count], workdir / "out" / f"{count}-shards-{repeat + 1}", model)
             print(
                 f"  run {repeat + 1} {count:>4} shards: {run.samples} samples in {run.seconds:6.2f} s, first durable "
-                f"shard at {number_or_none(run.first_durable_seconds, 2):>6} s, "
-                f"peak RSS until all durable {number_or_none(run.durable_rss_mb, 1):>7} MB, whole process "
+                f"shard at {fmt(run.first_durable_seconds, '.2f'):>6} s, "
+                f"peak RSS until all durable {fmt(run.durable_rss_mb, '.1f'):>7} MB, whole process "
                 f"{run.peak_rss_mb:7.1f} MB",
                 flush=True,
             )
             runs.append(run)
-    context["load_average_end"] = round(os.getloadavg()[0], 2)
+    context["load_average_end"] = machine()["load_1m"]
     rows = summarize_durability(runs)
     return {
         **context,
@@ -724,8 +711,8 @@ def print_durability_report(summary: dict[str, Any], config: BenchConfig) -> Non
         f"(the first N of the same shards); medians of {config.durability_repeats} run(s) per shard count"
     )
     print(
-        f"machine load (1-min load average) at start {summary['load_average_start']}, "
-        f"at end {summary['load_average_end']}, on {os.cpu_count()} cpus"
+        f"machine: {os.cpu_count()} cpus, load average (1 min) {summary['load_average_start']} at start, "
+        f"{summary['load_average_end']} at end"
     )
     print(
         "first durable: seconds from launch until a shard's errors/<shard>.parquet has its final name (written after"
@@ -734,22 +721,20 @@ def print_durability_report(summary: dict[str, Any], config: BenchConfig) -> Non
         "  embedded and wrote; whole process: its ru_maxrss, which adds the summary and the interpreter's teardown\n"
         "  (a spike of tens of MB in its last second, after the job's work is done)."
     )
-    print(
-        f"\n{'shards':>6} {'samples':>8} {'total s':>8} {'first durable s':>16} {'fraction':>9} "
-        f"{'peak RSS MB, all durable':>25} {'whole process':>14}"
-    )
-    for r in rows:
-        first, fraction = number_or_none(r["first_durable_seconds"], 2), number_or_none(r["first_fraction"], 3)
-        print(
-            f"{r['shards']:>6} {r['samples']:>8} {r['seconds']:>8.2f} {first:>16} {fraction:>9} "
-            f"{number_or_none(r['durable_rss_mb'], 1):>25} {r['peak_rss_mb']:>14.1f}"
-        )
+    print()
+    headers = ["shards", "samples", "total s", "first durable s", "fraction", "peak RSS MB, all durable"]
+    table = [
+        [r["shards"], r["samples"], f"{r['seconds']:.2f}", fmt(r["first_durable_seconds"], ".2f")]
+        + [fmt(r["first_fraction"], ".3f"), fmt(r["durable_rss_mb"], ".1f"), f"{r['peak_rss_mb']:.1f}"]
+        for r in rows
+    ]
+    print_table([*headers, "whole process"], table, indent="")
     if len(rows) > 1:
         fewest, most = rows[0], rows[-1]
         durable = summary["durable_rss_difference_mb"]
         print(
             f"peak RSS, {most['shards']} vs {fewest['shards']} shards ({most['samples'] - fewest['samples']} more "
-            f"samples): all durable {'none' if durable is None else f'{durable:+.1f}'} MB, "
+            f"samples): all durable {fmt(durable, '+.1f')} MB, "
             f"whole process {summary['peak_rss_difference_mb']:+.1f} MB"
         )
 
@@ -853,7 +838,7 @@ def benchmark(config: BenchConfig, workdir: Path) -> tuple[dict[str, Any], dict[
         "torch_threads_effective": torch.get_num_threads(),
         "beam_runner": beam_runner_description(config.beam_args),
         "model_load_seconds": round(time_model_load(config), 3),
-        "load_average_start": round(os.getloadavg()[0], 2),
+        "load_average_start": machine()["load_1m"],
     }
     runners = {"beam": run_beam, "plain": run_plain}
     labels = [f"warmup-{i + 1}" for i in range(config.warmup)] + [str(i + 1) for i in range(config.repeats)]
@@ -868,7 +853,7 @@ def benchmark(config: BenchConfig, workdir: Path) -> tuple[dict[str, Any], dict[
                 flush=True,
             )
             results.append(result)
-    context["load_average_end"] = round(os.getloadavg()[0], 2)
+    context["load_average_end"] = machine()["load_1m"]
     last = {r.side: r for r in results}
     check = compare_outputs(last["beam"].out, last["plain"].out)
     return summarize(config, context, results), check

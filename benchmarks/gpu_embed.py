@@ -58,8 +58,8 @@ from PIL import Image  # noqa: E402
 
 from mmembed.config import DecodeConfig, EncoderConfig  # noqa: E402
 from mmembed.encoders.openclip import OpenClipEncoder, autocast_dtype, resolve_device  # noqa: E402
-from mmembed.photos import PHOTOS, load_photo  # noqa: E402
 from mmembed.shards import iter_shard_samples  # noqa: E402
+from tests.photos import PHOTOS, load_photo  # noqa: E402
 from tests.tarmaker import image_bytes, write_tar  # noqa: E402
 
 TARGETS = {"cpu": 5_000, "gpu": 10_000}  # samples/s end to end on an H100/H200 with 16 cores
@@ -265,8 +265,8 @@ def model_only(config: BenchConfig) -> dict[str, Any]:
         "model": "ViT-B-32 (random init)",
         "precision": config.precision,
         "batch": config.model_batch,
-        "device_pixels_images_per_s": device_rate,
-        "embed_pixels_images_per_s": host_rate,
+        "device_pixels_images_per_second": device_rate,
+        "embed_pixels_images_per_second": host_rate,
         **usage,
     }
 
@@ -304,9 +304,9 @@ def decode_stages(config: BenchConfig, pool: list[bytes]) -> dict[str, Any]:
     prepared = [preparer(raw) for raw in raws]
     cpu_rate = round(len(prepared) / (time.perf_counter() - started), 1)
     return {
-        "device_decode_images_per_s": decode_rate,
-        "device_decode_and_model_images_per_s": embed_rate,
-        "cpu_path_one_thread_images_per_s": cpu_rate,
+        "device_decode_images_per_second": decode_rate,
+        "device_decode_and_model_images_per_second": embed_rate,
+        "cpu_path_one_thread_images_per_second": cpu_rate,
         "cpu_path_all_cores_estimate": round(cpu_rate * (os.cpu_count() or 1), 1),
     }
 
@@ -331,8 +331,8 @@ class RunResult:
     returncode: int | None  # None: killed at the run timeout
     wall_s: float
     samples_embedded: int
-    samples_per_s: float  # embedded samples over the wall time, launch to exit
-    steady_samples_per_s: float | None  # first committed shard to last
+    samples_per_second: float  # embedded samples over the wall time, launch to exit
+    steady_samples_per_second: float | None  # first committed shard to last
     usage: dict[str, Any]
     counters: dict[str, int]
     log: str
@@ -453,16 +453,17 @@ def print_report(report: dict[str, Any], config: BenchConfig) -> None:
     )
     mo = report["model_only"]
     print(
-        f"model only, {mo['model']}, {mo['precision']}, batch {mo['batch']}: {mo['device_pixels_images_per_s']:,.0f} "
-        f"images/s on device pixels, {mo['embed_pixels_images_per_s']:,.0f} through embed_pixels (host uint8); "
+        f"model only, {mo['model']}, {mo['precision']}, batch {mo['batch']}: "
+        f"{mo['device_pixels_images_per_second']:,.0f} "
+        f"images/s on device pixels, {mo['embed_pixels_images_per_second']:,.0f} through embed_pixels (host uint8); "
         f"GPU util {_pct(mo['gpu_util_pct'])}"
     )
     ds = report["decode_stages"]
     print(
         f"decode stages, one process, {config.batch_size} JPEGs of ~{config.long_side} px: device decode + resize + "
-        f"pHash {ds['device_decode_images_per_s']:,.0f} images/s, with {config.model} "
-        f"{ds['device_decode_and_model_images_per_s']:,.0f}; "
-        f"CPU path on one thread {ds['cpu_path_one_thread_images_per_s']:,.0f} (x {m['cores']} cores = "
+        f"pHash {ds['device_decode_images_per_second']:,.0f} images/s, with {config.model} "
+        f"{ds['device_decode_and_model_images_per_second']:,.0f}; "
+        f"CPU path on one thread {ds['cpu_path_one_thread_images_per_second']:,.0f} (x {m['cores']} cores = "
         f"{ds['cpu_path_all_cores_estimate']:,.0f})"
     )
     shards = report["shards"]
@@ -478,8 +479,8 @@ def print_report(report: dict[str, Any], config: BenchConfig) -> None:
         u = run["usage"]
         status = "killed at timeout" if run["returncode"] is None else f"exit {run['returncode']}"
         print(
-            f"{run['decoder']:<7}{run['workers']:>8}{run['wall_s']:>8.1f}{run['samples_per_s']:>11,.0f}"
-            f"{_num(run['steady_samples_per_s']):>10}{_pct(u['cpu_busy_pct']):>10}{_pct(u['gpu_util_pct']):>10}"
+            f"{run['decoder']:<7}{run['workers']:>8}{run['wall_s']:>8.1f}{run['samples_per_second']:>11,.0f}"
+            f"{_num(run['steady_samples_per_second']):>10}{_pct(u['cpu_busy_pct']):>10}{_pct(u['gpu_util_pct']):>10}"
             f"{_pct(u['gpu_util_max_pct']):>9}{_num(u['gpu_mem_max_mib']):>9}  {status}"
         )
         fallbacks = {k: v for k, v in run["counters"].items() if k.startswith("gpu_decode")}
@@ -489,7 +490,11 @@ def print_report(report: dict[str, Any], config: BenchConfig) -> None:
             print(f"{'':15}log {run['log']}, last lines:\n{run['log_tail']}")
     for decoder, target in TARGETS.items():
         best = max(
-            (r["steady_samples_per_s"] or r["samples_per_s"] for r in report["runs"] if r["decoder"] == decoder),
+            (
+                r["steady_samples_per_second"] or r["samples_per_second"]
+                for r in report["runs"]
+                if r["decoder"] == decoder
+            ),
             default=None,
         )
         if best is not None:

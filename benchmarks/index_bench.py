@@ -5,12 +5,13 @@ It PRINTS figures (it is not a pass/fail test). Two data sets, each indexed by b
 * synthetic: ``--n`` x ``--dim`` unit vectors (default 1,000,000 x 512) in ``--clusters`` gaussian blobs
   around random unit centres. Each blob is anisotropic: its spread lies in a random ``--intrinsic-dim``
   dimensional subspace (real embeddings have a low intrinsic dimension), plus a small isotropic noise;
-  ``--intrinsic-dim 0`` gives isotropic blobs like ``tests/index/synth.blobs``. The rows are written as the
-  embed job's Parquet files (``mmembed.schema``; text column = a perturbed copy of the image column) for
+  ``--intrinsic-dim 0`` gives isotropic blobs like ``tests/index/synth.blobs`` (``tests.index.synth.ClusteredVectors``).
+  The rows are written as the embed job's Parquet files (``tests.index.synth.write_shard``; text column = a perturbed
+  copy of the image column) for
   mmembed and as ``.npy`` files (image column) for autofaiss. Generated once per parameter set under
   ``--workdir`` and reused.
 * real: the embed job (``mmembed.embed.job.run_job``, bundled random-init ``mmembed-tiny``, offline) on the
-  demo photos (``mmembed.photos.write_photo_folder`` -> ``mmembed.makeshards.write_shards``): 76 x 64-d, so
+  demo photos (``tests.photos.write_photo_folder`` -> ``mmembed.makeshards.write_shards``): 76 x 64-d, so
   both tools pick an exact flat index there; it checks the end-to-end path, not ANN speed.
 
 Queries and ground truth: 1,000 queries = seeded random data vectors plus a small gaussian perturbation
@@ -26,9 +27,9 @@ What is measured, per tool, on the image index:
   log record; it includes choosing, sampling, ids.parquet, training, adding, tuning, evaluating and saving
   that index), and its "both" figure is the whole call. Both include each library's own parameter tuning.
   mmembed reads the Parquet files, autofaiss the .npy files (each tool's native input).
-* peak RSS: the child process' own high-water mark (``VmHWM`` in /proc/self/status, read at its end),
-  imports included; each tool runs in its own process so the two don't pollute each other. (Not the
-  child's ``ru_maxrss``: Linux carries the forking parent's RSS into it across exec.)
+* peak RSS: the child process' own high-water mark (``VmHWM`` in /proc/self/status, read right after the build
+  call: ``benchmarks/harness.py``), imports included; each tool runs in its own process so the two don't pollute
+  each other. (Not the child's ``ru_maxrss``: Linux carries the forking parent's RSS into it across exec.)
 * index bytes: the image index file on disk.
 * recall@10 and queries/s with ONE thread (``faiss.omp_set_num_threads(1)``) in this process, after a
   warm-up pass: "batch" = one ``search`` of all 1,000 queries (median of ``--repeats``), "1/call" = one
@@ -71,7 +72,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -84,52 +84,35 @@ from typing import Any
 
 import faiss
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmembed.index import IndexBuildConfig, build_index, load_index
-from mmembed.index.store import INDEX_FILES
-from mmembed.records import EmbeddedSample
-from mmembed.schema import embeddings_schema, embeddings_table, full_provenance
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import (  # noqa: E402
+    MIB,
+    ChildRun,
+    child_env,
+    fmt,
+    machine_line,
+    passive_openmp,
+    print_table,
+    ratio,
+    run_function,
+    say,
+    verdict,
+)
+from mmembed.index import IndexBuildConfig, build_index, load_index  # noqa: E402
+from mmembed.index.evaluate import recall_at_k  # noqa: E402
+from mmembed.index.store import INDEX_FILES  # noqa: E402
+from tests.index.synth import ClusteredVectors, encoder_provenance, unit, write_shard  # noqa: E402
+
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements-autofaiss.txt"
 DEFAULT_WORKDIR = "/tmp/mmembed-index-bench"
 DEFAULT_VENV = str(Path.home() / ".cache" / "mmembed-bench" / "autofaiss-venv")
-CHILD = "_child"
-RESULT_PREFIX = "BENCH_RESULT "
 RECALL_TARGET = 0.95
 QPS_TARGET = 1000.0
 K = 10
-MIB = 2**20
-
-AUTOFAISS_DRIVER = '''\
-"""Written and run by benchmarks/index_bench.py inside the autofaiss venv: one timed autofaiss.build_index."""
-import json
-import sys
-import time
-
-from autofaiss import build_index
-
-args = json.loads(sys.argv[1])
-began = time.perf_counter()
-index, infos = build_index(
-    embeddings=args["embeddings"],
-    index_path=args["index_path"],
-    index_infos_path=args["infos_path"],
-    max_index_memory_usage=args["max_index_memory"],
-    current_memory_available=args["current_memory"],
-    max_index_query_time_ms=args["query_ms"],
-    min_nearest_neighbors_to_retrieve=args["k"],
-    metric_type="ip",
-    nb_cores=args["cores"],
-)
-seconds = time.perf_counter() - began
-with open("/proc/self/status") as status:  # peak RSS of this process since exec (kB)
-    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-result = {"build_s": seconds, "ok": index is not None, "infos": infos, "peak_rss_bytes": peak}
-print("BENCH_RESULT " + json.dumps(result), flush=True)
-'''
 
 
 def default_current_memory() -> str:
@@ -166,6 +149,10 @@ class BenchConfig:
     repeats: int = 3
     workdir: str = DEFAULT_WORKDIR
     json: bool = False
+
+    def vectors(self) -> ClusteredVectors:
+        """The blobs the synthetic image vectors are drawn from."""
+        return ClusteredVectors(self.dim, self.seed, self.clusters, self.intrinsic_dim, self.spread, self.noise)
 
     def synthetic_params(self) -> dict[str, Any]:
         names = ("n", "dim", "clusters", "intrinsic_dim", "spread", "noise", "text_noise", "query_noise")
@@ -205,26 +192,7 @@ class SideResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class ProcResult:
-    returncode: int
-    wall_s: float
-    stdout: str
-    load_before_after: tuple[float, float]  # 1-minute load average: the machine is shared
-    log_path: Path
-    timed_out: bool
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------- vectors
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
 
 
 def gaussian(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -232,98 +200,22 @@ def gaussian(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     return rng.standard_normal((rows, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
 
 
-def cluster_model(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Unit centres and, per cluster, a random basis of its ``intrinsic_dim``-d spread (None: isotropic)."""
-    rng = np.random.default_rng([cfg.seed, 0])
-    centres = unit_rows(rng.standard_normal((cfg.clusters, cfg.dim), dtype=np.float32))
-    if cfg.intrinsic_dim <= 0:
-        return centres, None
-    bases = rng.standard_normal((cfg.clusters, cfg.intrinsic_dim, cfg.dim), dtype=np.float32)
-    bases /= np.float32(np.sqrt(cfg.intrinsic_dim * cfg.dim))  # a standard-normal z maps to norm ~1
-    return centres, bases
-
-
-def synth_block(cfg: BenchConfig, centres: np.ndarray, bases: np.ndarray | None, block: int, rows: int) -> np.ndarray:
-    """``rows`` unit vectors of block ``block`` (seeded per block, so blocks are generated independently)."""
-    rng = np.random.default_rng([cfg.seed, 1, block])
-    labels = rng.integers(0, len(centres), rows)
-    points = centres[labels]
-    if bases is None:
-        points += cfg.spread * gaussian(rng, rows, cfg.dim)
-    else:
-        z = rng.standard_normal((rows, cfg.intrinsic_dim), dtype=np.float32) * np.float32(cfg.spread)
-        order = np.argsort(labels, kind="stable")
-        for group in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1):
-            points[group] += z[group] @ bases[labels[group[0]]]
-    points += cfg.noise * gaussian(rng, rows, cfg.dim)
-    return unit_rows(points)
-
-
-def synthetic_provenance(cfg: BenchConfig) -> dict[str, Any]:
-    """Encoder-like provenance for the synthetic vectors (what the index reader checks and records)."""
-    return {
-        "model": "synthetic-blobs",
-        "pretrained": None,
-        "checkpoint": None,
-        "checkpoint_sha256": None,
-        "weights": "synthetic",
-        "init_seed": cfg.seed,
-        "dim": cfg.dim,
-        "preprocessing": None,
-    }
-
-
-def placeholder(column: pa.Field) -> Any:
-    """A filler value for a non-vector column the synthetic rows have no meaning for (null where allowed)."""
-    kind = column.type
-    if column.nullable:
-        return None
-    if pa.types.is_fixed_size_binary(kind):
-        return bytes(kind.byte_width)
-    for check, value in ((pa.types.is_string, ""), (pa.types.is_binary, b""), (pa.types.is_integer, 0)):
-        if check(kind):
-            return value
-    if pa.types.is_floating(kind):
-        return 0.0
-    raise TypeError(f"no placeholder for embeddings column {column.name!r} of type {kind}")
-
-
-def synthetic_row(schema: pa.Schema, shard: str, i: int) -> dict[str, Any]:
-    """Id columns for row ``i`` of ``shard``; any other non-vector column of the schema gets a placeholder."""
-    known = {"key": f"{shard}-{i:06d}", "shard": shard, "offset": 512 + 1024 * i, "metadata": "{}"}
-    known |= {"width": 64, "height": 64, "sha256": f"{i:064x}"}
-    skip = {"image_embedding", "text_embedding", "similarity"}
-    return {c.name: known.get(c.name, placeholder(c)) for c in schema if c.name not in skip}
-
-
-def write_embeddings_file(path: Path, shard: str, image: np.ndarray, text: np.ndarray, schema: pa.Schema) -> None:
-    """One ``embeddings/<shard>.parquet`` with the embed job's schema (``mmembed.schema``) and made-up ids."""
-    samples = [
-        EmbeddedSample(
-            row=synthetic_row(schema, shard, i),
-            image_embedding=image[i],
-            text_embedding=text[i],
-            similarity=float(image[i] @ text[i]),
-        )
-        for i in range(len(image))
-    ]
-    pq.write_table(embeddings_table(samples, schema), path)
-
-
 def write_synthetic(cfg: BenchConfig, folder: Path) -> list[Path]:
     """Generate the vectors block by block into Parquet (both columns) and npy (image); returns npy paths."""
-    centres, bases = cluster_model(cfg)
-    schema = embeddings_schema(cfg.dim, "float32", full_provenance(synthetic_provenance(cfg), "float32"))
+    blobs = cfg.vectors()
+    model = blobs.model()
+    provenance = encoder_provenance(cfg.dim, model="synthetic-blobs", seed=cfg.seed, trained=True)
     (folder / "embed" / "embeddings").mkdir(parents=True)
     (folder / "npy").mkdir()
     npy_paths = []
     for block, start in enumerate(range(0, cfg.n, cfg.rows_per_file)):
         rows = min(cfg.rows_per_file, cfg.n - start)
-        image = synth_block(cfg, centres, bases, block, rows)
+        image = blobs.block(model, rows, np.random.default_rng([cfg.seed, 1, block]))
         text_rng = np.random.default_rng([cfg.seed, 3, block])
-        text = unit_rows(image + cfg.text_noise * gaussian(text_rng, rows, cfg.dim))
+        text = unit(image + cfg.text_noise * gaussian(text_rng, rows, cfg.dim))
         shard = f"shard-{block:05d}"
-        write_embeddings_file(folder / "embed" / "embeddings" / f"{shard}.parquet", shard, image, text, schema)
+        path = folder / "embed" / "embeddings" / f"{shard}.parquet"
+        write_shard(path, shard, image, text, provenance, height=np.full(rows, 64), text_fields=False)
         npy_paths.append(folder / "npy" / f"emb-{block:05d}.npy")
         np.save(npy_paths[-1], image)
         say(f"  wrote {start + rows:,}/{cfg.n:,} vectors")
@@ -344,7 +236,7 @@ def gather(npy_paths: list[Path], rows: np.ndarray) -> np.ndarray:
 def make_queries(cfg: BenchConfig, npy_paths: list[Path]) -> np.ndarray:
     rng = np.random.default_rng([cfg.seed, 2])
     rows = np.sort(rng.choice(cfg.n, size=min(cfg.queries, cfg.n), replace=False))
-    return unit_rows(gather(npy_paths, rows) + cfg.query_noise * gaussian(rng, len(rows), cfg.dim))
+    return unit(gather(npy_paths, rows) + cfg.query_noise * gaussian(rng, len(rows), cfg.dim))
 
 
 def exact_top_k(queries: np.ndarray, npy_paths: list[Path], k: int) -> np.ndarray:
@@ -413,9 +305,8 @@ def prepare_real(cfg: BenchConfig) -> Dataset:
     else:
         shutil.rmtree(folder, ignore_errors=True)
         say("real embeddings: embed job (mmembed-tiny, offline) on the demo photos")
-        proc = run_measured([sys.executable, __file__, CHILD, "embed-demo", str(folder)], log_path(cfg, "embed-demo"))
-        if proc.returncode != 0:
-            raise RuntimeError(f"embed job failed (exit {proc.returncode}); see {proc.log_path}")
+        proc = run_function("benchmarks.index_bench:child_embed_demo", str(folder), log=log_path(cfg, "embed-demo"))
+        proc.check()
         image, _ = read_columns(folder / "embed")
         (folder / "npy").mkdir()
         np.save(folder / "npy" / "emb-00000.npy", image)
@@ -439,58 +330,8 @@ def prepare_real(cfg: BenchConfig) -> Dataset:
 # ------------------------------------------------------------------------------------- child processes
 
 
-def child_env(with_repo: bool = True) -> dict[str, str]:
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)
-    if with_repo:
-        env["PYTHONPATH"] = str(REPO)
-    return env
-
-
 def log_path(cfg: BenchConfig, name: str) -> Path:
     return Path(cfg.workdir) / "logs" / f"{name}.log"
-
-
-def run_measured(
-    cmd: list[str], log: Path, timeout: float | None = None, env: dict[str, str] | None = None
-) -> ProcResult:
-    """Run ``cmd`` (stdout -> ``<log>.out``, stderr -> ``log``) with an optional timeout; returns its wall time."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    out_path = log.with_suffix(".out")
-    with open(log, "w") as err, open(out_path, "w") as out:
-        load_before = os.getloadavg()[0]
-        began = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env or child_env(), cwd=REPO)
-        try:
-            proc.wait(timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            proc.kill()  # our own child only
-            proc.wait()
-            timed_out = True
-        wall = time.perf_counter() - began
-    load = (round(load_before, 2), round(os.getloadavg()[0], 2))
-    return ProcResult(proc.returncode, wall, out_path.read_text(), load, log, timed_out)
-
-
-def peak_rss_self() -> int | None:
-    """This process' peak RSS since exec: /proc/self/status VmHWM (Linux), else ``ru_maxrss``.
-
-    Not ``ru_maxrss`` of the child via wait4: Linux carries the forking parent's RSS into the child's
-    ``ru_maxrss`` across exec, so a child of this (large) process would report at least our size."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-
-
-def child_result(stdout: str) -> dict[str, Any]:
-    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if not lines:
-        raise RuntimeError("the child process printed no result line")
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 class _Milestones(logging.Handler):
@@ -508,7 +349,9 @@ class _Milestones(logging.Handler):
 
 
 def child_mmembed_build(args: dict[str, Any]) -> dict[str, Any]:
-    """In a fresh process: one ``build_index`` call, timed, with the time each index file was saved."""
+    """In a fresh process (``run_function``, which reads its peak RSS right after): one ``build_index`` call,
+    timed, with the time each index file was saved."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     marks = _Milestones()
     logging.getLogger("mmembed.index").addHandler(marks)
     config = IndexBuildConfig(
@@ -527,16 +370,16 @@ def child_mmembed_build(args: dict[str, Any]) -> dict[str, Any]:
     saved = {modality: marks.first(f"{name}: ") for modality, name in INDEX_FILES.items()}
     image_s = saved["image"] - began if saved["image"] else None
     text_s = saved["text"] - saved["image"] if saved["text"] and saved["image"] else None
-    peak = peak_rss_self()
-    return {"build_s": ended - began, "image_s": image_s, "text_s": text_s, "infos": infos, "peak_rss_bytes": peak}
+    return {"build_s": ended - began, "image_s": image_s, "text_s": text_s, "infos": infos}
 
 
 def child_embed_demo(folder: str) -> dict[str, Any]:
-    """In a fresh process: demo photos -> tar shards -> the embed job (default tiny model, CPU, offline)."""
+    """In a fresh process (``run_function``): demo photos -> tar shards -> the embed job (tiny model, CPU, offline)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mmembed.config import EmbedJobConfig, EncoderConfig
     from mmembed.embed.job import run_job
     from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
-    from mmembed.photos import write_photo_folder
+    from tests.photos import write_photo_folder
 
     root = Path(folder)
     write_photo_folder(root / "images")
@@ -548,22 +391,7 @@ def child_embed_demo(folder: str) -> dict[str, Any]:
     return {"samples": shards["samples"], "summary": {k: v for k, v in summary.items() if k != "provenance"}}
 
 
-def child_main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    what, arg = argv
-    result = child_mmembed_build(json.loads(arg)) if what == "mmembed-build" else child_embed_demo(arg)
-    print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- search
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean |found top-k ∩ exact top-k| / k over queries (-1 ids never count)."""
-    k = min(k, truth.shape[1])
-    hits = [len(np.intersect1d(f[:k][f[:k] >= 0], t[:k])) for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits) / k)
 
 
 def measure_search(search: Callable[[np.ndarray, int], tuple], data: Dataset, repeats: int) -> dict[str, float]:
@@ -604,10 +432,10 @@ def run_mmembed(cfg: BenchConfig, data: Dataset, out_dir: Path) -> SideResult:
     }
     log = log_path(cfg, f"{data.name}-mmembed-build")
     say(f"{data.name}: mmembed build_index (log: {log})")
-    proc = run_measured([sys.executable, __file__, CHILD, "mmembed-build", json.dumps(args)], log)
-    if proc.returncode != 0:
-        return SideResult("mmembed", error=f"build failed (exit {proc.returncode}); see {log}")
-    result = child_result(proc.stdout)
+    proc = run_function("benchmarks.index_bench:child_mmembed_build", args, log=log)
+    if not proc.ok:
+        return SideResult("mmembed", error=f"build failed: {proc.error}")
+    result = proc.result
     infos = result["infos"]
     image, text = infos["indexes"]["image"], infos["indexes"]["text"]
     say(f"{data.name}: mmembed built {infos['index_key']} in {result['build_s']:.1f}s; measuring search")
@@ -619,7 +447,7 @@ def run_mmembed(cfg: BenchConfig, data: Dataset, out_dir: Path) -> SideResult:
         build_s=result["image_s"],
         build_s_both=result["build_s"],
         process_s=proc.wall_s,
-        peak_rss_bytes=result["peak_rss_bytes"],
+        peak_rss_bytes=proc.measured.peak_rss_bytes,
         index_bytes=image["file_bytes"],
         **measure_search(index_set.image.search, data, cfg.repeats),
         details={
@@ -630,7 +458,7 @@ def run_mmembed(cfg: BenchConfig, data: Dataset, out_dir: Path) -> SideResult:
             "text_s": result["text_s"],
             "library_build_seconds": infos["build_seconds"],
             "library_peak_memory_bytes": infos["peak_memory_bytes"],
-            "load_avg_1min_before_after": proc.load_before_after,
+            "load_avg_1min_before_after": proc.load,
         },
     )
 
@@ -654,10 +482,10 @@ def ensure_autofaiss_venv(venv: Path, log: Path) -> tuple[Path | None, str]:
     ]
     with open(log, "w") as out:
         for step in steps:
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=child_env(False)).returncode != 0:
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=autofaiss_env()).returncode != 0:
                 return None, f"could not set up the autofaiss environment ({' '.join(step)} failed; see {log})"
     probe = "import autofaiss, faiss, numpy; print(autofaiss.__version__, faiss.__version__, numpy.__version__)"
-    check = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=child_env(False))
+    check = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=autofaiss_env())
     if check.returncode != 0:
         return None, f"autofaiss does not import in {venv}: {check.stderr.strip()[-500:]}"
     versions = "autofaiss {} / faiss-cpu {} / numpy {}".format(*check.stdout.split())
@@ -665,11 +493,17 @@ def ensure_autofaiss_venv(venv: Path, log: Path) -> tuple[Path | None, str]:
     return python, versions
 
 
+def autofaiss_env() -> dict[str, str]:
+    """The children's environment with only the repository on the path (for ``benchmarks.harness`` and
+    ``benchmarks.autofaiss_build``): nothing of this virtualenv leaks into the autofaiss one."""
+    env = child_env()
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
 def run_autofaiss(cfg: BenchConfig, data: Dataset, out_dir: Path, python: Path) -> SideResult:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    driver = out_dir / "autofaiss_driver.py"
-    driver.write_text(AUTOFAISS_DRIVER)
     args = {
         "embeddings": str(data.npy_dir),
         "index_path": str(out_dir / "knn.index"),
@@ -682,16 +516,21 @@ def run_autofaiss(cfg: BenchConfig, data: Dataset, out_dir: Path, python: Path) 
     }
     log = log_path(cfg, f"{data.name}-autofaiss-build")
     say(f"{data.name}: autofaiss build_index (log: {log})")
-    proc = run_measured([str(python), str(driver), json.dumps(args)], log, cfg.autofaiss_timeout, child_env(False))
-    if proc.timed_out:
-        return SideResult("autofaiss", error=f"build did not finish within {cfg.autofaiss_timeout:.0f}s; see {log}")
-    if proc.returncode != 0:
-        return SideResult("autofaiss", error=f"build failed (exit {proc.returncode}); see {log}")
-    result = child_result(proc.stdout)
+    proc: ChildRun = run_function(
+        "benchmarks.autofaiss_build:build",
+        args,
+        log=log,
+        timeout=cfg.autofaiss_timeout,
+        env=autofaiss_env(),
+        python=python,
+    )
+    if not proc.ok:
+        return SideResult("autofaiss", error=f"build failed: {proc.error}")
+    result = proc.result
     if not result["ok"]:
         return SideResult("autofaiss", error=f"build_index returned no index; see {log}")
     infos = result["infos"]
-    say(f"{data.name}: autofaiss built {infos['index_key']} in {result['build_s']:.1f}s; measuring search")
+    say(f"{data.name}: autofaiss built {infos['index_key']} in {proc.measured.wall_s:.1f}s; measuring search")
     index = faiss.read_index(str(out_dir / "knn.index"))
     if infos.get("index_param"):
         faiss.ParameterSpace().set_index_parameters(index, infos["index_param"])
@@ -699,23 +538,19 @@ def run_autofaiss(cfg: BenchConfig, data: Dataset, out_dir: Path, python: Path) 
         tool="autofaiss",
         index_key=infos["index_key"],
         search_params=infos.get("index_param") or "(none)",
-        build_s=result["build_s"],
+        build_s=proc.measured.wall_s,
         process_s=proc.wall_s,
-        peak_rss_bytes=result["peak_rss_bytes"],
+        peak_rss_bytes=proc.measured.peak_rss_bytes,
         index_bytes=(out_dir / "knn.index").stat().st_size,
         **measure_search(index.search, data, cfg.repeats),
         details={
             **{k: v for k, v in infos.items() if k not in ("index_key", "index_param", "index_path")},
-            "load_avg_1min_before_after": proc.load_before_after,
+            "load_avg_1min_before_after": proc.load,
         },
     )
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def compare(mm: SideResult, af: SideResult | None) -> dict[str, float | None]:
@@ -736,12 +571,6 @@ def targets(mm: SideResult, af: SideResult | None) -> dict[str, bool | None]:
         f"qps (1 thread, batch) >= {QPS_TARGET:,.0f}": None if mm.qps_batch is None else mm.qps_batch >= QPS_TARGET,
         "build (1 index) <= autofaiss at the same memory budget": faster,
     }
-
-
-def fmt(value: Any, spec: str = "") -> str:
-    if value is None:
-        return "-"
-    return format(value, spec) if spec else str(value)
 
 
 def table_rows(side: SideResult) -> list[str]:
@@ -779,11 +608,8 @@ def print_dataset(data: Dataset, sides: dict[str, SideResult | None], cfg: Bench
     print(f"\n== {data.description}")
     print(f"   memory budget {cfg.max_index_memory} for both; recall and queries/s on the image index")
     shown = {name: side for name, side in sides.items() if side is not None}
-    columns = {name: table_rows(side) for name, side in shown.items()}
-    width = max(36, *(len(cell) + 2 for rows in columns.values() for cell in rows))
-    print(f"   {'':38}" + "".join(f"{name:<{width}}" for name in columns))
-    for i, label in enumerate(LABELS):
-        print(f"   {label:38}" + "".join(f"{rows[i]:<{width}}" for rows in columns.values()))
+    columns = [table_rows(side) for side in shown.values()]
+    print_table(["", *shown], [[label, *(rows[i] for rows in columns)] for i, label in enumerate(LABELS)], "   ")
     for name, side in shown.items():
         if side.error:
             print(f"   {name}: {side.error}")
@@ -801,15 +627,14 @@ def print_dataset(data: Dataset, sides: dict[str, SideResult | None], cfg: Bench
 
 def print_report(cfg: BenchConfig, report: dict[str, Any], datasets: dict[str, Dataset]) -> None:
     print("\nmmembed index benchmark vs autofaiss", f"({report['autofaiss_env']})")
-    print(f"machine: {os.cpu_count()} cores; OMP_WAIT_POLICY=PASSIVE in every process")
+    print(f"{machine_line()}; OMP_WAIT_POLICY=PASSIVE in every process")
     for name, data in datasets.items():
         entry = report["datasets"][name]
         sides = {tool: SideResult(**entry[tool]) if entry[tool] else None for tool in ("mmembed", "autofaiss")}
         print_dataset(data, sides, cfg)
         print("   ratios mmembed / autofaiss: " + ", ".join(f"{k} {fmt(v, '.2f')}" for k, v in entry["ratios"].items()))
         if name == "synthetic":
-            verdicts = {k: ("met" if v else "NOT met") if v is not None else "n/a" for k, v in entry["targets"].items()}
-            print("   targets: " + "; ".join(f"{k}: {v}" for k, v in verdicts.items()))
+            print("   targets: " + "; ".join(f"{k}: {verdict(v)}" for k, v in entry["targets"].items()))
 
 
 def run_dataset(cfg: BenchConfig, data: Dataset, autofaiss_python: Path | None) -> dict[str, Any]:
@@ -878,11 +703,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":  # libgomp reads it at load time: restart with it set
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv])
-    if argv[:1] == [CHILD]:
-        return child_main(argv[1:])
+    passive_openmp(__file__, argv)
     run(parse_args(argv))
     return 0
 

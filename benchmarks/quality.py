@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import Comparison, machine_line, run_command  # noqa: E402
 from mmembed.labelled import class_query, labels_by_key, load, png_bytes  # noqa: E402
 
 QUERY_TEMPLATE = {"fashion-mnist": "a photo of {a} {name}", "digits": "a handwritten {name}"}
@@ -62,15 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def cli(*args: str) -> tuple[str, float]:
     """Run ``mmembed ARGS`` in a child process; returns (stdout, seconds). Fails loudly with its stderr."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "mmembed.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    seconds = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"mmembed {' '.join(args[:2])} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return done.stdout, seconds
+    done = run_command([sys.executable, "-m", "mmembed.cli", *args])
+    if not done.ok:
+        raise SystemExit(f"mmembed {' '.join(args[:2])} failed: {done.error}")
+    return done.stdout, done.wall_s
 
 
 def text_to_image(index: Path, classes: tuple[str, ...], template: str, labels: dict[str, int], work: Path):
@@ -210,29 +203,31 @@ def report(args, train_summary: dict, train_s: float, shards_s: float, results: 
         f"\n== {args.dataset}: mmembed-small trained {train_summary['steps']} steps "
         f"({train_summary['epochs_completed']} epochs of {train_summary['samples_per_epoch']} samples, "
         f"batch {args.batch_size}) in {train_s / 60:.1f} min wall "
-        f"({train_summary['samples_per_s']} samples/s; final loss {train_summary['final_loss']:.3f})"
+        f"({train_summary['samples_per_second']} samples/s; final loss {train_summary['final_loss']:.3f})"
     )
     print(f"   work dir {work}; make-shards (train) {shards_s:.1f} s; loss curve {work / 'run' / 'loss.png'}")
-    print(f"\n{'text -> image query':42s} {'P@10 trained':>12s} {'P@10 random':>12s}")
+    print(f"   {machine_line()}")
+    text = Comparison("P@10 trained", "P@10 random", "trained / random")
     for query, p, q in zip(
         trained["text_queries"],
         trained["text_to_image_precision_at_10"],
         baseline["text_to_image_precision_at_10"],
         strict=True,
     ):
-        print(f"{query:42s} {p:12.2f} {q:12.2f}")
+        text.add(query, p, q)
     mean_t, mean_b = trained["text_to_image_precision_at_10_mean"], baseline["text_to_image_precision_at_10_mean"]
-    print(f"{'mean over classes (target >= 0.9)':42s} {mean_t:12.3f} {mean_b:12.3f}")
+    text.add("mean over classes (target >= 0.9)", mean_t, mean_b, ".3f")
+    print()
+    text.print("text -> image query", indent="")
     n = len(trained["text_queries"]) * args.image_queries_per_class
     print(f"\nimage -> image over {n} held-out query images, {trained['indexed']} indexed test images")
-    print(
-        f"{'  same-class precision@10':42s} {trained['image_to_image_precision_at_10']:12.3f} "
-        f"{baseline['image_to_image_precision_at_10']:12.3f}"
-    )
-    print(
-        f"{'  recall@10 (a same-class hit in the 10)':42s} {trained['image_to_image_recall_at_10']:12.3f} "
-        f"{baseline['image_to_image_recall_at_10']:12.3f}"
-    )
+    image = Comparison("trained", "random", "trained / random")
+    for label, key in (
+        ("same-class precision@10", "image_to_image_precision_at_10"),
+        ("recall@10 (a same-class hit in the 10)", "image_to_image_recall_at_10"),
+    ):
+        image.add(label, trained[key], baseline[key], ".3f")
+    image.print("", indent="")
     secs = trained["seconds"]
     print(
         f"\nseconds (trained model): embed {secs['embed']:.1f}, index {secs['index']:.1f}, "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import socket
 import statistics
@@ -30,6 +29,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import child_env, machine, machine_line, percentile, verdict  # noqa: E402
+
 WORDS = [
     *("a", "photo", "of", "cat", "dog", "rocket", "coffee", "cup", "horse", "moon", "coins", "clock", "camera"),
     *("grass", "gravel", "brick", "retina", "galaxy", "astronaut", "flag", "red", "blue", "green", "small"),
@@ -74,8 +77,7 @@ def start_server(args: argparse.Namespace, index: Path, port: int) -> subprocess
     command += ["--host", "127.0.0.1", "--threads", str(args.threads)]
     for pattern in args.shards:
         command += ["--shards", pattern]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -171,13 +173,6 @@ async def load(port: int, args: argparse.Namespace) -> dict:
     return figures(latencies, server_ms, errors, wall, args)
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
 def figures(latencies: list[float], server_ms: list[float], errors: dict, wall: float, args) -> dict:
     ms = [1000 * x for x in latencies]
     return {
@@ -202,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     index = Path(args.index) if args.index else demo_index(Path(args.demo_dir))
     port = free_port()
+    before = machine()
     server = start_server(args, index, port)
     try:
         result = asyncio.run(load(port, args))
@@ -211,15 +207,17 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+    result["machine"] = {**machine(), "load_1m_start": before["load_1m"]}
     infos = json.loads((index / "infos.json").read_text())
     print(
+        f"{machine_line(before)}; server and load generator share them\n"
         f"index {index}: {infos['count']:,} vectors, {infos['index_key']}, model {infos['provenance']['model']}\n"
         f"{result['concurrency']} in flight for {result['seconds']} s: {result['requests']} requests, "
         f"{result['queries_per_second']} queries/s, {result['errors']} errors {result['errors_by_reason'] or ''}\n"
         f"latency (client, round trip) p50 {result['p50_ms']} ms  p90 {result['p90_ms']} ms  "
         f"p99 {result['p99_ms']} ms  max {result['max_ms']} ms\n"
         f"server took_ms p50 {result['server_p50_ms']} ms  p99 {result['server_p99_ms']} ms\n"
-        f"target p50 < 50 ms and no errors: {'met' if result['p50_ms'] < 50 and not result['errors'] else 'NOT met'}"
+        f"target p50 < 50 ms and no errors: {verdict(result['p50_ms'] < 50 and not result['errors'])}"
     )
     if args.json:
         print(json.dumps(result))

@@ -1,41 +1,23 @@
-"""The ``mmembed`` command line: one entry point; each sub-command lives in ``mmembed.commands``."""
+"""The ``mmembed`` command line: one entry point. The stages' sub-commands come from ``mmembed.stages`` (their
+options from their config dataclasses); the others (run, demo) register themselves from ``mmembed.commands``."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import difflib
 import logging
 import os
 import sys
 from typing import NoReturn
 
 from mmembed import __version__
-from mmembed.commands import dedup, demo, embed, index, run, search, serve, train
+from mmembed.commands import demo, run
 from mmembed.config import ConfigError
+from mmembed.options import Parser
+from mmembed.stages import STAGES, add_stage_options, check_unknown
 
-COMMAND_MODULES = (embed, train, index, search, dedup, serve, run, demo)
+COMMAND_MODULES = (run, demo)  # sub-commands that are not stages (after the stages)
 GLOBAL_FLAGS = {"-v": "verbose", "--verbose": "verbose", "-q": "quiet", "--quiet": "quiet"}
-
-
-class DefaultsHelp(argparse.HelpFormatter):
-    """``--help`` lines end with the option's default, unless it has none (None, a flag's False) or the help
-    text already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
-        return f"{text} (default: %(default)s)" if shown and action.option_strings else text
-
-
-class Parser(argparse.ArgumentParser):
-    """Every mmembed parser: no abbreviated option names (``--mode`` must never mean ``--model``), and the
-    defaults shown in ``--help``."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own signature
-        kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", DefaultsHelp)
-        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and other libraries' INFO lines")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for stage in STAGES.values():
+        command = sub.add_parser(stage.name, help=stage.help, description=stage.help)
+        add_stage_options(command, stage)
+        command.set_defaults(handler=stage.handle, stage=stage, passes_unknown=True)
     for module in COMMAND_MODULES:
         module.register(sub)
     return parser
@@ -65,29 +51,12 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
         force=True,
     )
     own = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.getLogger("mmembed").setLevel(own)
+    logging.getLogger("mmembed").setLevel(own)  # mmembed.progress too: -q silences progress lines and bars
     logging.getLogger("pipelines").setLevel(own)
-
-
-def check_beam_options(command: str, extra: list[str], parser: argparse.ArgumentParser) -> None:
-    """Arguments the command does not know go to Beam: refuse those Beam does not know either (Beam would drop
-    them with a log line), suggesting the closest option of either."""
-    from mmembed.beam.options import beam_option_actions  # Beam only when there are extra arguments
-
-    beam = beam_option_actions()
-    ours = [s for a in parser._subparsers._group_actions[0].choices[command]._actions for s in a.option_strings]
-    for arg in extra:
-        if not arg.startswith("--"):
-            continue  # a value of the option before it
-        name = arg[2:].split("=", 1)[0]
-        if name in beam or (name.startswith("no_") and name[3:] in beam):
-            continue
-        spelled = "--" + name.replace("_", "-")
-        close = difflib.get_close_matches(spelled, ours, n=1) or difflib.get_close_matches(
-            name, list(beam), n=1, cutoff=0.8
-        )
-        hint = f"; did you mean {close[0] if close[0].startswith('-') else '--' + close[0]}?" if close else ""
-        raise ConfigError(f"unknown option --{name} (neither mmembed {command} nor Beam has it){hint}")
+    if verbose:  # huggingface_hub sets its own level (WARNING) when imported, from HF_HUB_VERBOSITY
+        os.environ.setdefault("HF_HUB_VERBOSITY", "info")
+        if "huggingface_hub" in sys.modules:
+            logging.getLogger("huggingface_hub").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "passes_unknown", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if extra:
-            check_beam_options(args.command, extra, parser)
+        if extra and getattr(args, "stage", None):  # Beam's options for a Beam stage; others refused, with a hint
+            check_unknown(args.stage, extra)
         return args.handler(args, extra)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"mmembed {args.command}: error: {exc}", file=sys.stderr)

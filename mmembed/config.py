@@ -1,13 +1,16 @@
-"""Frozen dataclass configs for every stage, so options travel as one value, not as loose kwargs."""
+"""Frozen dataclass configs for every stage, so options travel as one value, not as loose kwargs; each field
+declares its command-line option too (``mmembed.options``)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mmembed.options import ConfigError, config_from_dict, option
 
 # The default model is a real pretrained one, as in the tools users come from; random weights only on request.
 DEFAULT_MODEL = "ViT-B-32"
@@ -18,13 +21,10 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OUTPUT_DTYPES = ("float32", "float16")
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and how to fix it."""
-
-
 MAX_K = 10_000  # the most hits one search may ask for (CLI, Python API, HTTP)
 TARGETS = ("image", "text")  # what a search returns: images (the image index) or captions (the text index)
+SEARCH_MODES = ("vector", "keyword", "hybrid")  # how a text query ranks (mmembed.search)
+DEFAULT_TEXT_WEIGHT = 0.3  # share of the text in a composed image + text query (Python API, CLI, HTTP)
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,46 @@ class EncoderConfig:
     without it a model needs weights, so random vectors are never made by accident.
     """
 
-    model: str = DEFAULT_MODEL
-    pretrained: str | None = None
-    checkpoint: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 64
-    seed: int = 0
-    torch_threads: int | None = None  # CPU inference threads; None keeps torch's default
-    random_init: bool = False
+    model: str = option(
+        DEFAULT_MODEL,
+        help="open_clip model name (ViT-B-32), a bundled one (mmembed-tiny) or local-dir:/path; with a --checkpoint "
+        "written by `mmembed train` and no --model, the model it was trained as",
+    )
+    pretrained: str | None = option(
+        None,
+        exclusive="weights",
+        help=f"open_clip pretrained tag, e.g. {DEFAULT_PRETRAINED} (needs a download or a warm cache; the default "
+        f"model alone means {DEFAULT_PRETRAINED})",
+    )
+    checkpoint: str | None = option(
+        None, exclusive="weights", help="checkpoint file of --model (.pt/.bin/.safetensors; path or s3:// gs:// URL)"
+    )
+    device: str = option("auto", choices=DEVICES, help="where the model runs (cuda without CUDA fails at once)")
+    precision: str = option("auto", choices=PRECISIONS, help="autocast dtype (auto: bf16/fp16 on GPU)")
+    batch_size: int = option(64, aliases=("--batch_size",), help="samples per model call")
+    seed: int = option(0, help="seed of random weights (--random-init)")
+    torch_threads: int | None = option(
+        None,
+        help="CPU threads for torch (default: on the local embed runner the cores the decode threads leave, "
+        "at least 1; else torch's own)",
+    )
+    random_init: bool = option(
+        False,
+        exclusive="weights",
+        help="random weights from --seed: smoke tests and training from scratch (their vectors mean nothing); "
+        "recorded in the provenance",
+    )
+
+    @staticmethod
+    def fill_unset(values: dict[str, Any]) -> dict[str, Any]:
+        """Given values with ``model`` filled in when only ``checkpoint`` is given and names one: a checkpoint
+        written by ``mmembed train`` records the model it was trained as (reading it needs torch)."""
+        if "model" in values or not values.get("checkpoint"):
+            return values
+        from mmembed.encoders.openclip import model_of_checkpoint
+
+        model = model_of_checkpoint(values["checkpoint"])
+        return {**values, "model": model} if model else values
 
     def __post_init__(self) -> None:
         if self.pretrained and self.checkpoint:
@@ -93,23 +124,47 @@ DECODERS = ("cpu", "gpu")
 class DecodeConfig:
     """How tar members become a sample: which extensions hold the image, caption and metadata."""
 
-    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
-    caption_key: str = "txt"
-    captions: str = "required"  # one of CAPTION_MODES
-    metadata_key: str = "json"
-    max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
-    threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # decode/resize threads per worker
+    image_extensions: tuple[str, ...] = option(
+        ("jpg", "jpeg", "png", "webp"),
+        aliases=("--wds_image_key",),
+        metavar="EXT",
+        help="tar member extensions that hold the image, the first present wins",
+    )
+    caption_key: str = option("txt", aliases=("--wds_caption_key",), help="tar member extension of the caption")
+    captions: str = option(
+        "required",
+        choices=CAPTION_MODES,
+        help="required: a sample without a caption is a no_caption error; optional: embed it image-only (null "
+        "caption, text embedding and similarity); none: ignore captions, run the image tower only",
+    )
+    metadata_key: str = option("json", help="tar member extension of the json metadata")
+    max_image_pixels: int = option(89_478_485, help="larger images are errors (Pillow's decompression-bomb limit)")
+    threads: int = option(
+        factory=lambda: min(4, os.cpu_count() or 1),
+        flag="--decode-threads",
+        aliases=("--num_prepro_workers",),
+        help="decode/resize threads per worker (default: min(4, cores))",
+    )
     # sha256 and perceptual hash of each image: the embed job stores them; training needs neither
-    fingerprints: bool = True
-    # False: a JPEG at least twice the model's input size is decoded at reduced scale (Image.draft) before the
-    # exact resize; True: every image is decoded in full (slower; the vectors differ slightly, see README)
-    exact_decode: bool = False
-    # one of DECODERS: "gpu" leaves JPEGs encoded for the model's device (mmembed.gpudecode); "cpu" decodes all here
-    decoder: str = "cpu"
+    fingerprints: bool = option(True, cli=False)
+    exact_decode: bool = option(
+        False,
+        help="decode every JPEG in full; by default one at least twice the model's input size is decoded at "
+        "reduced scale first (several times faster; cosine to the exact vectors is reported in the README)",
+    )
+    decoder: str = option(
+        "cpu",
+        flag="--decode",
+        choices=DECODERS,
+        help="cpu: every image is decoded and resized on the CPU workers; gpu: JPEGs travel as bytes and are "
+        "decoded in batches on the model's device (nvJPEG; torchvision's CPU decoder with --device cpu), resized, "
+        "cropped and perceptually hashed there; other images, and JPEGs the device decoder refuses, are decoded on "
+        "CPU (counted as gpu_decode.cpu_fallback.* in the summary's beam_counters)",
+    )
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1:
-            raise ConfigError("max_image_pixels must be >= 1")
+            raise ConfigError(f"max image pixels must be >= 1, got {self.max_image_pixels}")
         if self.threads < 1:
             raise ConfigError(f"decode threads must be >= 1, got {self.threads}")
         if not self.image_extensions:
@@ -133,12 +188,16 @@ def default_cpu_inference_threads(decode_threads: int) -> int:
 class EmbedJobConfig:
     """Everything the embed job needs: inputs, outputs and the two stage configs."""
 
-    shards: tuple[str, ...]
-    out: str
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    output_dtype: str = "float32"
-    overwrite: bool = False
+    shards: tuple[str, ...] = option(
+        aliases=("--input_dataset",),
+        metavar="SHARD",
+        help="input shards: paths, globs or {00000..00099} patterns; local, gs:// or s3://",
+    )
+    out: str = option(aliases=("--output_folder",), help="output dir: embeddings/, errors/, summary.json")
+    encoder: EncoderConfig = option(factory=EncoderConfig, help="model")
+    decode: DecodeConfig = option(factory=DecodeConfig, help="decoding")
+    output_dtype: str = option("float32", choices=OUTPUT_DTYPES, help="dtype of the stored vectors")
+    overwrite: bool = option(False, help="redo shards whose outputs already exist")
 
     def __post_init__(self) -> None:
         if not self.shards:
@@ -149,15 +208,7 @@ class EmbedJobConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbedJobConfig:
         """Build from a plain mapping (a parsed YAML job file); unknown keys are an error."""
-        data = dict(data)
-        encoder = _build(EncoderConfig, data.pop("encoder", {}) or {}, "encoder")
-        decode_data = dict(data.pop("decode", {}) or {})
-        if "image_extensions" in decode_data:
-            decode_data["image_extensions"] = tuple(decode_data["image_extensions"])
-        decode = _build(DecodeConfig, decode_data, "decode")
-        shards = data.pop("shards", ())
-        shards = (shards,) if isinstance(shards, str) else tuple(shards)
-        return _build(cls, {**data, "shards": shards, "encoder": encoder, "decode": decode}, "job")
+        return config_from_dict(cls, data, "embed")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EmbedJobConfig:
@@ -166,9 +217,45 @@ class EmbedJobConfig:
             return cls.from_dict(yaml.safe_load(f) or {})
 
 
-def _build(cls: type, data: dict[str, Any], section: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {section} config; known keys: {sorted(known)}")
-    return cls(**data)
+LABELLED_SETS = ("digits", "fashion-mnist")  # what make-shards --dataset reads (mmembed.labelled)
+
+
+@dataclass(frozen=True)
+class MakeShardsConfig:
+    """make-shards: one source (a folder, a manifest or a labelled set an installed package ships) written as
+    WebDataset shards ``<out>/<prefix>-<pattern % n>``."""
+
+    out: str = option(aliases=("--output_folder",), help="folder the shards are written to")
+    images: str | None = option(
+        None, exclusive="source", help="folder of images with sidecar <name>.txt captions (and <name>.json)"
+    )
+    manifest: str | None = option(
+        None, exclusive="source", help="CSV or Parquet manifest: image path, caption, extra columns"
+    )
+    dataset: str | None = option(
+        None,
+        exclusive="source",
+        choices=LABELLED_SETS,
+        help="a labelled set an installed package ships (scikit-learn digits; Debian dataset-fashion-mnist), "
+        "captioned from its class names",
+    )
+    split: str = option("train", choices=("train", "test"), help="with --dataset")
+    limit: int | None = option(None, help="with --dataset: at most this many samples")
+    image_column: str = option("image", help="manifest column of the image paths")
+    caption_column: str = option("caption", aliases=("--caption_col",), help="manifest column of the captions")
+    image_root: str | None = option(None, help="folder that relative manifest image paths are under")
+    key_column: str | None = option(None, help="manifest column holding unique sample keys (default: row numbers)")
+    samples_per_shard: int = option(1000, aliases=("--number_sample_per_shard",), help="samples per shard")
+    pattern: str = option("%05d.tar", help="shard file name pattern, after the prefix")
+    prefix: str | None = option(
+        None,
+        help="shard name prefix (default: the input folder's or manifest's name, or DATASET-SPLIT), so shards of "
+        "several sources can share --out; '' for none",
+    )
+    overwrite: bool = option(False, help="replace shards of the same names in --out")
+
+    def __post_init__(self) -> None:
+        if sum(source is not None for source in (self.images, self.manifest, self.dataset)) != 1:
+            raise ConfigError("give one input: --images DIR, --manifest FILE or --dataset NAME")
+        if self.samples_per_shard < 1:
+            raise ConfigError(f"samples per shard must be >= 1, got {self.samples_per_shard}")

@@ -1,12 +1,14 @@
 """Job files: one YAML names a job, its config and its Beam options; ``mmembed run`` launches it.
 
-    job: embed                  # embed | index | dedup
-    config: {...}               # the job's config dataclass, field by field (see JOB_CONFIGS)
-    beam_options: {...}         # Beam pipeline options by name (runner, project, ...); none: local FnApiRunner
+    job: embed                  # a stage of mmembed.stages: make-shards | embed | train | index | eval-index | dedup
+    config: {...}               # the stage's config dataclass, field by field
+    beam_options: {...}         # Beam stages only: pipeline options by name (runner, project, ...); none: local
     description: free text      # optional, ignored
 
-``config`` is ``EmbedJobConfig`` for embed (nested ``encoder`` and ``decode``), ``IndexBuildConfig`` plus
-``files_per_part`` for index (the sharded Beam build), ``DedupConfig`` for dedup. ``beam_options`` become
+``config`` is the stage's config read by ``mmembed.options.config_from_dict``, the reader the command line's
+options go through too: ``EmbedJobConfig`` for embed (nested ``encoder`` and ``decode``), ``ShardedBuildConfig``
+for index (``IndexBuildConfig``'s keys beside ``files_per_part``; the sharded Beam build), ``DedupConfig`` for
+dedup, and so on. ``beam_options`` become
 ``--name=value`` arguments: a list repeats the option, a mapping gives ``key=value`` items (resource hints),
 ``true`` on a flag option writes the bare flag. Unknown keys anywhere are an error naming them.
 ``--set config.encoder.device=cuda`` (a dotted path from the top, the value parsed as YAML) overrides
@@ -19,17 +21,17 @@ import argparse
 import copy
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mmembed.config import ConfigError, EmbedJobConfig
+from mmembed.config import ConfigError
+from mmembed.options import config_from_dict
+from mmembed.stages import STAGES
 
-JOB_KINDS = ("embed", "index", "dedup")
 TOP_LEVEL_KEYS = ("job", "config", "beam_options", "description")
-INDEX_EXTRA_KEYS = ("files_per_part",)  # ShardedBuildConfig's own field, beside IndexBuildConfig's
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Job:
     """A parsed job file: which pipeline, its validated config, and the Beam arguments to run it with."""
 
     kind: str
-    config: Any  # EmbedJobConfig | ShardedBuildConfig | DedupConfig
+    config: Any  # the stage's config: EmbedJobConfig, ShardedBuildConfig, DedupConfig ...
     beam_args: tuple[str, ...]
     source: str
 
@@ -73,16 +75,19 @@ def parse_job(data: Mapping[str, Any], source: str = "<job>") -> Job:
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; known keys: {list(TOP_LEVEL_KEYS)}")
     kind = data.get("job")
-    if kind not in JOB_KINDS:
-        raise ConfigError(f"{source}: 'job' must be one of {list(JOB_KINDS)}, got {kind!r}")
+    if kind not in STAGES:
+        raise ConfigError(f"{source}: 'job' must be one of {list(STAGES)}, got {kind!r}")
+    stage = STAGES[kind]
     config = _section(data, "config", source)
     options = _section(data, "beam_options", source)
+    if options and not stage.beam:
+        raise ConfigError(f"{source}: {kind} is not a Beam job; remove beam_options")
     try:
-        parsed = JOB_CONFIGS[kind](config)
-        args = beam_args(options)
+        parsed = config_from_dict(stage.config_class(), config, kind)
+        args = beam_args(options) if options else []
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
-    except TypeError as exc:  # a required field is missing
+    except TypeError as exc:  # a value of the wrong shape, such as a list where a number belongs
         raise ConfigError(f"{source}: {kind} config: {exc}") from exc
     return Job(kind, parsed, tuple(args), source)
 
@@ -143,56 +148,11 @@ def beam_args(options: Mapping[str, Any]) -> list[str]:
 
 
 def run_job(job: Job, test_pipeline: Any = None) -> dict[str, Any]:
-    """Run the job's pipeline; returns its summary (for index: the index's infos)."""
-    args = list(job.beam_args)
-    if job.kind == "embed":
-        from mmembed.embed.job import run_job as run_embed
-
-        return run_embed(job.config, args, test_pipeline)
-    if job.kind == "index":
-        from mmembed.index.sharded import build_sharded
-        from pipelines.build_index import beam_runner
-
-        return build_sharded(job.config, beam_runner(args, test_pipeline))
-    from pipelines.dedup import run_config
-
-    return run_config(job.config, args, test_pipeline)
-
-
-# -- configs ----------------------------------------------------------------------------------------------------
-
-
-def _embed_config(data: dict[str, Any]) -> EmbedJobConfig:
-    return EmbedJobConfig.from_dict(data)
-
-
-def _index_config(data: dict[str, Any]) -> Any:
-    from mmembed.index.config import IndexBuildConfig
-    from mmembed.index.sharded import ShardedBuildConfig
-
-    data = dict(data)
-    extra = {k: data.pop(k) for k in INDEX_EXTRA_KEYS if k in data}
-    return ShardedBuildConfig(_build(IndexBuildConfig, data, "index", INDEX_EXTRA_KEYS), **extra)
-
-
-def _dedup_config(data: dict[str, Any]) -> Any:
-    from mmembed.dedup.config import DedupConfig
-
-    data = dict(data)
-    if isinstance(data.get("methods"), str):  # "exact,semantic", as the command line takes it
-        data["methods"] = [m.strip() for m in data["methods"].split(",") if m.strip()]
-    return _build(DedupConfig, data, "dedup")
-
-
-JOB_CONFIGS = {"embed": _embed_config, "index": _index_config, "dedup": _dedup_config}
-
-
-def _build(cls: type, data: dict[str, Any], section: str, extra: Sequence[str] = ()) -> Any:
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {section} config; known keys: {sorted([*known, *extra])}")
-    return cls(**data)
+    """Run the job's stage; returns its summary (for index: the index's infos)."""
+    stage = STAGES[job.kind]
+    if stage.beam:
+        return stage.run_function()(job.config, list(job.beam_args), test_pipeline)
+    return stage.run_function()(job.config)
 
 
 def _section(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Labelled image sets that installed packages ship, as captioned samples for make-shards.
 
-* ``digits``: scikit-learn's 1,797 handwritten digits (8 x 8, in the wheel; no download).
+* ``digits``: scikit-learn's 1,797 handwritten digits (8 x 8, in the wheel; no download). scikit-learn comes
+  with the ``demo`` extra (``pip install 'mmembed[demo]'``) and is imported only when the digits load.
 * ``fashion-mnist``: Zalando's 70,000 clothing images (28 x 28, 10 classes), from Debian's
   ``dataset-fashion-mnist`` package (``apt-get install dataset-fashion-mnist``).
 
@@ -78,8 +79,14 @@ def caption(templates: tuple[str, ...], classes: tuple[str, ...], label: int, rn
 
 def load_digits(split: str) -> LabelledImages:
     """scikit-learn's digits, split 80/20 by a seeded stratified shuffle; pixel values 0..16 -> 0..255."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the digits data set comes with scikit-learn, which is not installed ({exc}); "
+            "fix: pip install 'mmembed[demo]'"
+        ) from exc
 
     data = sklearn_digits()
     images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)

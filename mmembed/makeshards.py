@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import posixpath
 import re
@@ -24,6 +25,7 @@ from webdataset import ShardWriter
 
 from mmembed import storage
 from mmembed.config import ConfigError
+from mmembed.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +97,32 @@ class SourceSample:
     image_bytes: bytes | None = None
 
 
-def samples_from_folder(images: Path) -> Iterator[SourceSample]:
+class SizedSamples(Iterator[SourceSample]):
+    """Samples of a source that knows how many it holds (a listed folder, a read manifest): ``write_shards``
+    shows images done of that total (``operator.length_hint``)."""
+
+    def __init__(self, samples: Iterator[SourceSample], count: int) -> None:
+        self._samples, self._left = samples, count
+
+    def __next__(self) -> SourceSample:
+        sample = next(self._samples)
+        self._left -= 1
+        return sample
+
+    def __length_hint__(self) -> int:
+        return max(self._left, 0)
+
+
+def samples_from_folder(images: Path) -> SizedSamples:
     """Images under ``images`` (recursive, sorted) with ``<stem>.txt`` captions and ``<stem>.json`` metadata."""
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} does not exist")
-    for path in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return SizedSamples(_folder_samples(images, paths), len(paths))
+
+
+def _folder_samples(images: Path, paths: list[Path]) -> Iterator[SourceSample]:
+    for path in paths:
         caption_file, json_file = path.with_suffix(".txt"), path.with_suffix(".json")
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else None
         metadata = json.loads(json_file.read_text(encoding="utf-8")) if json_file.is_file() else {}
@@ -121,13 +144,25 @@ def read_manifest(manifest: Path) -> list[dict[str, Any]]:
 
 def samples_from_manifest(
     manifest: Path, image_column: str, caption_column: str, image_root: Path | None, key_column: str | None = None
-) -> Iterator[SourceSample]:
+) -> SizedSamples:
     """One sample per manifest row; every column but image and caption goes into the json metadata.
 
     With ``key_column`` the sample keys come from that column (they must be unique and contain no
     '.' or '/', which WebDataset uses to split member names); otherwise keys are row positions.
     """
     rows = read_manifest(manifest)
+    samples = _manifest_samples(manifest, rows, image_column, caption_column, image_root, key_column)
+    return SizedSamples(samples, len(rows))
+
+
+def _manifest_samples(
+    manifest: Path,
+    rows: list[dict[str, Any]],
+    image_column: str,
+    caption_column: str,
+    image_root: Path | None,
+    key_column: str | None,
+) -> Iterator[SourceSample]:
     if rows:
         wanted = [c for c in (image_column, caption_column, key_column) if c]
         missing = [c for c in wanted if c not in rows[0]]
@@ -173,7 +208,9 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
         )
     storage.delete(existing)
     written, no_caption, missing = 0, 0, []
+    total = operator.length_hint(samples, -1)  # a list's iterator or a SizedSamples knows it; a generator does not
     with (
+        Progress("make-shards", total if total >= 0 else None, "images") as progress,
         storage.staging_dir(out) as staging,
         ShardWriter(
             os.path.join(staging, spec.file_pattern),
@@ -187,6 +224,7 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
         for sample in samples:
             if sample.image_bytes is None and not sample.image_path.is_file():
                 missing.append(str(sample.image_path))
+                progress.advance(1, missing=1)
                 continue
             image = sample.image_bytes if sample.image_bytes is not None else sample.image_path.read_bytes()
             record: dict[str, Any] = {
@@ -200,6 +238,7 @@ def write_shards(samples: Iterator[SourceSample], spec: ShardSpec) -> dict[str, 
                 record["txt"] = sample.caption.encode("utf-8")
             sink.write(record)
             written += 1
+            progress.advance(1)
         shards = sink.shard
     if missing:
         log.warning("%d image files not found, not written (first: %s)", len(missing), missing[0])

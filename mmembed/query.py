@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from mmembed.config import RANDOM_INIT_WEIGHTS, ConfigError, DecodeConfig, EncoderConfig
-from mmembed.decode import DecodeError, decode_image
+from mmembed.decode import DecodeError, decode_image, to_rgb
 from mmembed.encoders.openclip import CaptionTokenizer, OpenClipEncoder, embedding_dim, provenance
 from mmembed.schema import IDENTITY_KEYS, full_provenance
 
@@ -36,14 +37,14 @@ def check_same_encoder(data_prov: dict[str, Any], query_config: EncoderConfig, w
     """Refuse a query encoder whose model, weights, dim or preprocessing differ from the data's."""
     query_prov = full_provenance(provenance(query_config), "float32")
     diffs = [
-        f"{name}: data {data_prov.get(name)!r} vs query {query_prov.get(name)!r}"
+        f"{name} {data_prov.get(name)!r:.60} there, {query_prov.get(name)!r:.60} here"
         for name in IDENTITY_KEYS
         if data_prov.get(name) != query_prov.get(name)
     ]
-    if diffs:
+    if diffs:  # the first difference only: a model's preprocessing alone is hundreds of characters
         raise ConfigError(
-            f"{where} was embedded by a different model than the query encoder ({'; '.join(diffs)}); "
-            "fix: drop the model override so the recorded model is used, or re-embed the data with this model"
+            f"{where} was embedded by a different model than the query encoder ({diffs[0]}); "
+            "fix: leave out --model and --pretrained (the recorded model is used)"
         )
 
 
@@ -79,20 +80,21 @@ class QueryEncoder:
         parts = [embed(np.stack(inputs[i : i + size])) for i in range(0, len(inputs), size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
-    def encode_image_bytes(self, images: Sequence[bytes], names: Sequence[str] | None = None) -> np.ndarray:
-        """Encoded image files; an undecodable one raises ValueError naming it."""
-        names = names or [f"image {i}" for i in range(len(images))]
+    def encode_images(self, images: Sequence[Image.Image | tuple[bytes, str]]) -> np.ndarray:
+        """Encoded images: PIL images (any mode, made RGB) or (file bytes, name) pairs, decoded first (an
+        undecodable file raises ValueError naming it)."""
         pixels = []
-        for data, name in zip(images, names, strict=True):
-            try:
-                image = decode_image(data, self.decode.max_image_pixels)
-            except DecodeError as exc:
-                raise ValueError(f"query {name}: {exc}") from None
+        for item in images:
+            if isinstance(item, Image.Image):
+                image = to_rgb(item)
+            else:
+                data, name = item
+                try:
+                    image = decode_image(data, self.decode.max_image_pixels)
+                except DecodeError as exc:
+                    raise ValueError(f"query {name}: {exc}") from None
             pixels.append(self.encoder.preprocessor.to_pixels(image))
         return self._batched(self.encoder.embed_pixels, pixels)
-
-    def encode_image_files(self, paths: Sequence[str | Path]) -> np.ndarray:
-        return self.encode_image_bytes([Path(p).read_bytes() for p in paths], [str(p) for p in paths])
 
 
 def fuse(image: np.ndarray, text: np.ndarray, text_weight: float) -> np.ndarray:

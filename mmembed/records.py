@@ -115,16 +115,6 @@ class ModelInput:
 
 
 @dataclass
-class EmbeddedSample:
-    """A finished row: the sample's fields plus its normalised embeddings and their cosine (None: image only)."""
-
-    row: dict[str, Any]
-    image_embedding: np.ndarray
-    text_embedding: np.ndarray | None
-    similarity: float | None
-
-
-@dataclass
 class EmbeddedChunk:
     """Finished rows of one shard: their fields plus row-aligned embeddings and cosines.
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from mmembed import __version__
 from mmembed.config import RANDOM_INIT_WEIGHTS
-from mmembed.records import EmbeddedChunk, EmbeddedSample, SampleError
+from mmembed.records import EmbeddedChunk, SampleError
 
 log = logging.getLogger(__name__)
 PROVENANCE_KEY = b"mmembed.provenance"
@@ -100,20 +100,6 @@ def warn_if_random_weights(provenance: dict[str, Any], where: str) -> None:
 def read_provenance(schema: pa.Schema) -> dict[str, Any] | None:
     raw = (schema.metadata or {}).get(PROVENANCE_KEY)
     return json.loads(raw) if raw else None
-
-
-def embeddings_table(samples: Sequence[EmbeddedSample], schema: pa.Schema) -> pa.Table:
-    """Per-sample rows -> a table of ``schema`` (in the given order); a None text vector is an image-only row."""
-    dim = schema.field("image_embedding").type.list_size
-    has_text = np.array([s.text_embedding is not None for s in samples], dtype=bool)
-    return _table(
-        [s.row for s in samples],
-        [s.image_embedding for s in samples],
-        [s.text_embedding if s.text_embedding is not None else np.zeros(dim, np.float32) for s in samples],
-        [s.similarity if s.similarity is not None else 0.0 for s in samples],
-        has_text,
-        schema,
-    )
 
 
 def chunk_table(chunk: EmbeddedChunk, schema: pa.Schema) -> pa.Table:

@@ -10,7 +10,6 @@ launcher and every worker reach: a bucket for a distributed runner, local disk f
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Callable
@@ -20,8 +19,8 @@ import apache_beam as beam
 
 from mmembed.beam.index import AddParts
 from mmembed.beam.runner import make_pipeline
-from mmembed.index.options import add_build_index_arguments, config_from_args
-from mmembed.index.sharded import Part, PartJob, build_sharded
+from mmembed.index.sharded import Part, PartJob, ShardedBuildConfig, build_sharded
+from mmembed.stages import parse_pipeline_args
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,18 @@ def beam_runner(beam_args: list[str], test_pipeline: Any = None) -> Callable[[Pa
     return run_parts
 
 
+def run_config(
+    config: ShardedBuildConfig, beam_args: list[str] | None = None, test_pipeline: Any = None
+) -> dict[str, Any]:
+    """The index stage's run: the sharded build with its parts added in a Beam job; returns infos.json."""
+    return build_sharded(config, beam_runner(list(beam_args or []), test_pipeline))
+
+
 def run(argv: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:
-    """Entry point: parse our options, pass the rest to Beam, build, print a summary; returns infos.json."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.build_index", description=__doc__)
-    add_build_index_arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
-    infos = build_sharded(config_from_args(args), beam_runner(beam_args, test_pipeline))
+    """Entry point: parse the index stage's options (``mmembed index``'s), pass the rest to Beam, build, print a
+    summary; returns infos.json."""
+    config, beam_args = parse_pipeline_args("index", argv, "python -m pipelines.build_index", __doc__)
+    infos = run_config(config, beam_args, test_pipeline)
     summary = {k: infos[k] for k in ("count", "dim", "index_key", "parts", "build_seconds")}
     summary["indexes"] = {m: {k: v[k] for k in ("search_params", "recall")} for m, v in infos["indexes"].items()}
     print(json.dumps(summary, indent=2))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mmembed import options
 from mmembed.beam.dedup import (
     NAMESPACE,
     VECTORS,
@@ -40,10 +41,10 @@ from mmembed.dedup import semantic
 from mmembed.dedup.columns import read_columns
 from mmembed.dedup.config import DedupConfig
 from mmembed.dedup.links import Links
-from mmembed.dedup.options import add_dedup_arguments, config_from_args
 from mmembed.dedup.run import cluster_count, finish, prepare_out, recall_sample, recall_stats, train_sample
 from mmembed.index.build import resolve_device
 from mmembed.index.reader import EmbeddingFiles, gather_rows, open_embeddings
+from mmembed.stages import parse_pipeline_args
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,21 @@ def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pip
     return finish(config, files, out, columns, links, sem, vectors_of, device, began, extra)
 
 
+def add_dedup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dedup stage's options (``DedupConfig``'s fields) on ``parser``, for callers with their own parser."""
+    options.add_options(parser, DedupConfig)
+
+
+def config_from_args(args: argparse.Namespace) -> DedupConfig:
+    """The dedup config that options parsed by ``add_dedup_arguments`` describe."""
+    return options.config_from_args(DedupConfig, args)
+
+
 def run(argv: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:
-    """Entry point: parse our options, pass the rest to Beam, run, print the summary."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.dedup", description=__doc__)
-    add_dedup_arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
-    summary = run_config(config_from_args(args), beam_args, test_pipeline)
+    """Entry point: parse the dedup stage's options (``mmembed dedup``'s), pass the rest to Beam, run, print the
+    summary."""
+    config, beam_args = parse_pipeline_args("dedup", argv, "python -m pipelines.dedup", __doc__)
+    summary = run_config(config, beam_args, test_pipeline)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return summary
 

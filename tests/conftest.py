@@ -18,7 +18,7 @@ import torch
 
 from mmembed.config import EncoderConfig
 from mmembed.makeshards import ShardSpec, samples_from_folder, write_shards
-from mmembed.photos import write_photo_folder
+from tests.photos import write_photo_folder
 
 TINY = EncoderConfig(model="mmembed-tiny", random_init=True, device="cpu", batch_size=8, seed=0)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mmembed.photos import load_photo
+from tests.photos import load_photo
 
 
 def jpeg_bytes(name: str = "astronaut", size: int = 96, quality: int = 90) -> bytes:

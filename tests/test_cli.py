@@ -166,9 +166,10 @@ def test_version_global_flags_anywhere_and_no_abbreviations(capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip().startswith("mmembed ")
-    with pytest.raises(SystemExit) as exit_info:  # --mode is not --model
-        main(["search", "--index", "x", "--mode", "keyword", "a cat"])
-    assert exit_info.value.code == 2 and "unrecognized arguments: --mode" in capsys.readouterr().err
+    assert main(["search", "--index", "x", "--tex", "a cat"]) == 2  # --tex is neither --text nor --text-weight
+    assert "unknown option --tex (mmembed search has none); did you mean --text?" in capsys.readouterr().err
+    assert main(["embed", "--shards", "x.tar", "--out", "o", "--mod", "mmembed-tiny"]) == 2  # --mod is not --model
+    assert "unknown option --mod " in capsys.readouterr().err
     assert main(["make-shards", "--images", "/no/such/folder", "--out", "/tmp/x", "-v"]) != 0  # -v after the command
     import logging
 
@@ -178,11 +179,32 @@ def test_version_global_flags_anywhere_and_no_abbreviations(capsys: pytest.Captu
     assert logging.getLogger("mmembed").level == logging.INFO
 
 
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        (["--enable_text", "False"], "use --captions none"),  # clip-retrieval's: no alias, the right flag named
+        (["--clip_model", "ViT-B/32"], "use --model with an open_clip name"),
+        (["--batch-sise", "16"], "did you mean --batch-size?"),  # a typo: the closest option
+    ],
+)
 def test_options_neither_mmembed_nor_beam_knows_are_refused_with_a_suggestion(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], given: list[str], hint: str
 ) -> None:
     argv = ["embed", "--shards", str(tmp_path / "x.tar"), "--out", str(tmp_path / "out"), "--random-init"]
-    assert main([*argv, "--batch_size", "16"]) == 2  # clip-retrieval's spelling; Beam would drop it silently
+    assert main([*argv, *given]) == 2  # Beam would drop an option it does not know with a log line
     error = capsys.readouterr().err
-    assert "unknown option --batch_size" in error and "did you mean --batch-size?" in error
+    assert f"unknown option {given[0]} (neither mmembed embed nor Beam has it); {hint}" in error
     assert not (tmp_path / "out").exists()  # refused before anything was made
+
+
+def test_commands_without_beam_refuse_unknown_options_naming_the_right_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--shards", "x.tar", "--out", str(tmp_path / "run"), "--data-threads", "2"]
+    assert main(argv) == 2  # train's old spelling of the decode threads, which every command now calls one name
+    assert "unknown option --data-threads (mmembed train has none); did you mean --decode-threads?" in (
+        capsys.readouterr().err
+    )
+    assert main(["make-shards", "--out", str(tmp_path / "s"), "--images", str(tmp_path), "--url_col", "u"]) == 2
+    assert "use --image-column" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s").exists()

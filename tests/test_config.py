@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmembed.config import ConfigError, EmbedJobConfig, EncoderConfig
+from mmembed.config import ConfigError, EmbedJobConfig, EncoderConfig, MakeShardsConfig
 
 
 def test_yaml_job_file_round_trip(tmp_path: Path) -> None:
@@ -48,6 +48,14 @@ def test_encoder_config_validation(kwargs: dict, message: str) -> None:
 def test_job_needs_shards() -> None:
     with pytest.raises(ConfigError, match="no input shards"):
         EmbedJobConfig(shards=(), out="o")
+    with pytest.raises(ConfigError, match=r"embed config needs key\(s\) \['out'\]"):
+        EmbedJobConfig.from_dict({"shards": "a.tar"})
+
+
+@pytest.mark.parametrize("sources", [{}, {"images": "p", "manifest": "m.csv"}])
+def test_make_shards_takes_exactly_one_source(sources: dict) -> None:
+    with pytest.raises(ConfigError, match="give one input: --images DIR, --manifest FILE or --dataset NAME"):
+        MakeShardsConfig(out="s", **sources)
 
 
 def test_cpu_inference_threads_leave_the_decode_threads_their_cores(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from mmembed.cli import main
-from mmembed.photos import load_photo
 from tests.conftest import TINY
 from tests.helpers import embed
+from tests.photos import load_photo
 
 DISTINCT = ("astronaut", "coffee", "chelsea", "rocket", "camera", "horse")
 

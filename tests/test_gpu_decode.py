@@ -43,9 +43,9 @@ from mmembed.gpudecode import (
     read_jpeg_header,
     upright,
 )
-from mmembed.photos import PHOTOS, load_photo
 from mmembed.records import ShardSource
 from tests.helpers import embed, read_dir
+from tests.photos import PHOTOS, load_photo
 from tests.tarmaker import image_bytes, jpeg_bytes, write_tar
 
 PIXEL_MEAN = 0.2
@@ -86,7 +86,7 @@ INVERSE_TRANSPOSE = {
 
 @pytest.fixture(scope="module")
 def web_jpegs() -> list[bytes]:
-    """Every photo of mmembed.photos at web size, seeded."""
+    """Every photo of tests.photos at web size, seeded."""
     rng = np.random.default_rng(0)
     return [web_photo(name, rng) for name in sorted(PHOTOS)]
 

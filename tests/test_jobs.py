@@ -16,8 +16,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 import mmembed.cli as cli
-from mmembed.commands import run as run_command
-from mmembed.config import ConfigError, EmbedJobConfig
+from mmembed.config import ConfigError, EmbedJobConfig, MakeShardsConfig
 from mmembed.dedup.config import DedupConfig
 from mmembed.index.sharded import ShardedBuildConfig
 from mmembed.jobs import apply_overrides, beam_args, load_job, parse_job, run_job
@@ -82,8 +81,9 @@ def test_overrides_are_dotted_paths_with_yaml_values() -> None:
     ("change", "message"),
     [
         ("jobs=embed", "'jobs' is not a top-level key"),
-        ("job=train", "'job' must be one of ['embed', 'index', 'dedup']"),
-        ("config.outt=x", "unknown key(s) ['outt'] in job config"),
+        ("job=demo", "'job' must be one of ['make-shards', 'embed', 'train', 'index', 'eval-index', 'dedup', 'search'"),
+        ("config.outt=x", "unknown key(s) ['outt'] in embed config"),
+        ("config.encoder.batch_size=many", "encoder config key 'batch_size': 'many' is not an int"),
         ("config.encoder.devise=cuda", "unknown key(s) ['devise'] in encoder config"),
         ("config.decode.thread=2", "unknown key(s) ['thread'] in decode config"),
         ("beam_options.runer=DataflowRunner", "'runer' (did you mean 'runner'?)"),
@@ -152,20 +152,28 @@ def test_dockerfile_versions_match_pyproject_pins() -> None:
                 assert next(iter(Requirement(line).specifier)).version == args["BEAM_VERSION"]
 
 
-def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """``mmembed`` with the ``run`` command registered (as mmembed/cli.py does once it lists the module)."""
-    if run_command not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, run_command))
-    return cli.main(argv)
+def test_every_stage_is_a_job_and_beam_options_go_to_beam_stages_only(tmp_path: Path) -> None:
+    from tests.test_makeshards import photo_folder
+
+    photos = photo_folder(tmp_path / "photos")
+    data = {"job": "make-shards", "config": {"images": str(photos), "out": str(tmp_path / "s"), "samples_per_shard": 2}}
+    job = parse_job(data)
+    assert job.config == MakeShardsConfig(out=str(tmp_path / "s"), images=str(photos), samples_per_shard=2)
+    result = run_job(job)
+    assert result["samples"] == 3 and len(result["shards"]) == 2 and not result["missing_images"]
+    with pytest.raises(ConfigError, match="make-shards is not a Beam job; remove beam_options"):
+        parse_job({**data, "beam_options": {"runner": "DirectRunner"}})
+    train = parse_job({"job": "train", "config": {"shards": "s/*.tar", "out": "run", "lr": "1e-4", "init": {}}})
+    assert train.config.lr == 1e-4 and train.config.shards == ("s/*.tar",)  # YAML reads 1e-4 as text
 
 
-def test_cli_show_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli(["run", str(JOBS / "embed-local.yaml"), "--set", "config.out=x", "--show"], monkeypatch) == 0
+def test_cli_show_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", str(JOBS / "embed-local.yaml"), "--set", "config.out=x", "--show"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["job"] == "embed" and shown["config"]["out"] == "x" and shown["beam_args"] == []
-    assert run_cli(["run", str(JOBS / "embed-local.yaml"), "--set", "config.encoder.devise=cuda"], monkeypatch) == 2
+    assert cli.main(["run", str(JOBS / "embed-local.yaml"), "--set", "config.encoder.devise=cuda"]) == 2
     assert "['devise'] in encoder config" in capsys.readouterr().err
-    assert run_cli(["run", "jobs/nothing.yaml"], monkeypatch) == 2
+    assert cli.main(["run", "jobs/nothing.yaml"]) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -174,10 +182,7 @@ def test_local_jobs_end_to_end_and_two_worker_processes_match_one(
 ) -> None:
     shards = f"config.shards=[{', '.join(demo_shards[:2])}]"
     single, multi = tmp_path / "single", tmp_path / "multi"
-    assert (
-        run_cli(["run", str(JOBS / "embed-local.yaml"), "--set", shards, "--set", f"config.out={single}"], monkeypatch)
-        == 0
-    )
+    assert cli.main(["run", str(JOBS / "embed-local.yaml"), "--set", shards, "--set", f"config.out={single}"]) == 0
     assert json.loads(capsys.readouterr().out)["embedded"] == 20
     started = []
     start_worker = SubprocessSdkWorkerHandler.start_worker
@@ -205,14 +210,11 @@ def test_local_jobs_end_to_end_and_two_worker_processes_match_one(
 
     index_dir = tmp_path / "index"
     overrides = ["--set", f"config.embeddings_dir={single}", "--set", f"config.out_dir={index_dir}"]
-    assert (
-        run_cli(["run", str(JOBS / "index-local.yaml"), *overrides, "--set", "config.tune_queries=10"], monkeypatch)
-        == 0
-    )
+    assert cli.main(["run", str(JOBS / "index-local.yaml"), *overrides, "--set", "config.tune_queries=10"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 20 and (index_dir / "infos.json").is_file()
     dedup_dir = tmp_path / "dedup"
     overrides = ["--set", f"config.embeddings_dir={single}", "--set", f"config.out_dir={dedup_dir}"]
-    assert run_cli(["run", str(JOBS / "dedup-local.yaml"), *overrides, "--set", "config.device=cpu"], monkeypatch) == 0
+    assert cli.main(["run", str(JOBS / "dedup-local.yaml"), *overrides, "--set", "config.device=cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["runner"] == "beam"
     keep = pq.read_table(dedup_dir / "keep.parquet")
     assert 0 < keep.num_rows <= 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,18 @@ def test_digits_split_is_stratified_disjoint_and_scaled() -> None:
     train_rows = {row.tobytes() for row in train.images.reshape(len(train.images), -1)}
     shared = sum(row.tobytes() in train_rows for row in test.images.reshape(len(test.images), -1))
     assert shared < 5  # the few exact pixel repeats sklearn's digits hold, not a leak of the split
+
+
+@pytest.mark.parametrize("command", [["make-shards", "--dataset", "digits"], ["demo"]])
+def test_digits_without_scikit_learn_name_the_demo_extra(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    for name in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, name, None)  # an install without the demo extra: the import fails
+    assert main([*command, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "scikit-learn, which is not installed" in err and "fix: pip install 'mmembed[demo]'" in err
+    assert not list(tmp_path.rglob("*.tar"))
 
 
 def test_captions_name_the_class_in_several_phrasings() -> None:

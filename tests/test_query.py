@@ -21,7 +21,7 @@ def test_query_encoder_reproduces_the_recorded_model(tiny_config: EncoderConfig)
     reference = OpenClipEncoder.load(tiny_config)
     want = reference.embed_tokens(CaptionTokenizer(tiny_config)(["a cat", "a rocket"]))
     np.testing.assert_allclose(queries.encode_texts(["a cat", "a rocket"]), want, atol=1e-6)
-    images = queries.encode_image_bytes([jpeg_bytes("chelsea"), jpeg_bytes("rocket")])
+    images = queries.encode_images([(jpeg_bytes("chelsea"), "chelsea.jpg"), (jpeg_bytes("rocket"), "rocket.jpg")])
     assert images.shape == (2, 64) and np.allclose(np.linalg.norm(images, axis=1), 1, atol=1e-5)
     assert queries.encode_texts([]).shape == (0, 64)
 
@@ -48,7 +48,7 @@ def test_bad_query_image_names_the_file(tiny_config: EncoderConfig, tmp_path: Pa
     path = tmp_path / "notes.jpg"
     path.write_text("not an image")
     with pytest.raises(ValueError, match=f"query {path}: not a decodable image"):
-        QueryEncoder(tiny_config).encode_image_files([path])
+        QueryEncoder(tiny_config).encode_images([(path.read_bytes(), str(path))])
 
 
 def test_fuse_weights_and_renormalises() -> None:

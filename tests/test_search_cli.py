@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmembed.cli import main
+from mmembed.jobs import parse_job, run_job
 from mmembed.search import Searcher
 from tests.helpers import embed
 
@@ -96,6 +97,15 @@ def test_eval_index_reports_both_directions(built: tuple[Path, Path], capsys: py
     for direction in ("text_to_image", "image_to_image"):
         assert result[direction]["recall@10"] == 1.0  # a Flat index is exact
         assert result[direction]["queries_per_second"] > 0 and result[direction]["queries"] == 20
+
+
+def test_a_search_job_finds_what_the_command_line_finds(
+    built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, index_dir = built
+    hits = run_json(capsys, "search", "a cat", "--index", str(index_dir), "-k", "3", "--json")
+    job = parse_job({"job": "search", "config": {"index_dir": str(index_dir), "query": "a cat", "k": 3}})
+    assert run_job(job) == {"queries": ["a cat"], "results": [hits]}
 
 
 def test_query_model_override_is_checked(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,26 +9,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmembed.commands.output import format_table
+from mmembed.options import add_options, config_from_args, option
 
 TEXT_QUERIES = ("a handwritten seven", "the digit three", "a handwritten digit 0")
 IMAGE_QUERY_LABEL = 4  # the image query: a training-split 4, which is not in the index
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's few settings; the rest is fixed so that it runs in minutes on a laptop."""
+
+    out: str = option("demo", help="folder for the shards, model, embeddings, index and results")
+    epochs: int = option(15, help="training epochs over the 1,437 training digits")
+    batch_size: int = option(64, aliases=("--batch_size",), help="training batch size")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo", help="offline end to end: digits -> train a small model -> embed -> index -> search"
     )
-    parser.add_argument("--out", default="demo")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs over the 1,437 training digits")
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_options(parser, DemoOptions)
     parser.set_defaults(handler=demo, passes_unknown=True)
 
 
-def demo(args: argparse.Namespace, extra: list[str]) -> int:
+def demo(namespace: argparse.Namespace, extra: list[str]) -> int:
     """Shards, model, embeddings, index and example searches, all under ``--out``."""
+    args: DemoOptions = config_from_args(DemoOptions, namespace)
     from mmembed.config import EmbedJobConfig, EncoderConfig
     from mmembed.embed.job import run_job
     from mmembed.embed.summary import report

@@ -1,16 +1,19 @@
-"""``run``: launch a job file from ``jobs/`` (embed, index or dedup; local runner, multi-process or Dataflow)."""
+"""``run``: launch a job file from ``jobs/``: any stage (``mmembed.stages``); the Beam ones on the local runner,
+multi-process or Dataflow."""
 
 from __future__ import annotations
 
 import argparse
 
 from mmembed.commands.output import print_json
+from mmembed.stages import STAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "run",
-        help="run a YAML job file (jobs/*.yaml): {job: embed|index|dedup, config: {...}, beam_options: {...}}",
+        help="run a YAML job file (jobs/*.yaml): {job: STAGE, config: {...}, beam_options: {...}}, STAGE one of "
+        f"{', '.join(STAGES)}; the config's keys are the stage's config fields",
     )
     parser.add_argument("job_file", help="the job file, e.g. jobs/embed-local.yaml")
     parser.add_argument(

@@ -1,78 +1,68 @@
-"""``search``: text -> image, image -> image, image -> text and composed queries over an index dir."""
+"""``search``: text -> image, image -> image, image -> text and composed queries over an index dir. Its options
+are ``SearchConfig``'s fields and the switch below (``mmembed.stages``)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
-from mmembed import storage
 from mmembed.commands.output import format_table, print_json
-from mmembed.config import DEVICES, EncoderConfig
+from mmembed.config import EncoderConfig
+from mmembed.options import option
+from mmembed.search_config import SearchConfig
+from mmembed.stages import command_options, config_of, stage
 
 COLUMNS = ["rank", "score", "key", "shard", "caption", "url"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from mmembed.config import TARGETS
+@dataclass(frozen=True)
+class SearchCommand:
+    """``mmembed search``'s switch beside the search config."""
 
-    search = sub.add_parser("search", help="search an index with text or image queries")
-    search.add_argument("query", nargs="?", help="text query (or use --text, --image, --queries-file)")
-    search.add_argument(
-        "--index", required=True, help="index dir written by `mmembed index` (path or s3:// gs:// URL; cached locally)"
-    )
-    search.add_argument("-k", type=int, default=10, help="results per query")
-    search.add_argument("--text", help="text query; with --image, the text modifier of a composed query")
-    search.add_argument("--image", action="append", help="query image file or URL (repeatable)")
-    search.add_argument("--text-weight", type=float, default=0.3, help="weight of --text in a composed query")
-    search.add_argument("--queries-file", help="text queries, one per line, searched in one batch")
-    search.add_argument(
-        "--target",
-        default="image",
-        choices=TARGETS,
-        help="search images (default; image-only samples included) or captions (samples that have one)",
-    )
-    search.add_argument("--model", help="override the recorded query model (checked against the index)")
-    search.add_argument("--pretrained", help="with --model: its pretrained tag")
-    search.add_argument("--checkpoint", help="local checkpoint of the recorded model (if moved)")
-    search.add_argument("--device", default="auto", choices=DEVICES)
-    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    search.set_defaults(handler=run_search)
+    json: bool = option(False, help="print JSON instead of a table")
 
 
-def run_search(args: argparse.Namespace, extra: list[str]) -> int:
+def run_search(config: SearchConfig) -> dict[str, Any]:
+    """The queries searched and, for each, its hits as plain values (``mmembed run``'s summary too)."""
     from mmembed.search import Searcher
 
-    text = args.text if args.text is not None else args.query
-    if args.text is not None and args.query is not None:
-        raise ValueError("give the text query once: as the positional argument or with --text")
-    searcher = Searcher.from_dir(args.index, _override(args), args.device)
-    if args.image:
-        queries = [str(p) for p in args.image]
-        weight = args.text_weight if text is not None else 0.0
-        results = searcher.search_image(args.image, args.k, args.target, text=text, text_weight=weight)
+    searcher = Searcher.from_dir(config.index_dir, _override(config), config.device)
+    if config.image:
+        queries = list(config.image)
+        text, weight, where = config.text_query, config.text_weight, config.where
+        results = searcher.search_image(queries, config.k, config.target, text=text, text_weight=weight, where=where)
     else:
-        queries = _text_queries(text, args.queries_file)
-        results = searcher.search_text(queries, args.k, args.target)
-    _print(queries, results, args.json)
+        queries = _text_queries(config.text_query, config.queries_file)
+        results = searcher.search_text(queries, config.k, config.target, config.where, config.mode)
+    return {"queries": queries, "results": [[hit.to_dict() for hit in hits] for hits in results]}
+
+
+def search_command(args: argparse.Namespace, extra: list[str]) -> int:
+    found = stage("search")
+    summary = run_search(config_of(found, args))
+    _print(summary["queries"], summary["results"], command_options(found, args).json)
     return 0
 
 
-def _override(args: argparse.Namespace) -> EncoderConfig | None:
+def _override(config: SearchConfig) -> EncoderConfig | None:
     """--model (with --pretrained / --checkpoint) replaces the recorded model; --checkpoint alone relocates it."""
     from mmembed.index.store import read_infos
     from mmembed.query import encoder_config_from_provenance
 
-    if args.model:
+    if config.model:
         return EncoderConfig(
-            model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device
+            model=config.model, pretrained=config.pretrained, checkpoint=config.checkpoint, device=config.device
         )
-    if args.checkpoint:
-        recorded = encoder_config_from_provenance(read_infos(args.index)["provenance"], args.device)
-        return replace(recorded, checkpoint=args.checkpoint, random_init=False)
+    if config.checkpoint:
+        recorded = encoder_config_from_provenance(read_infos(config.index_dir)["provenance"], config.device)
+        return replace(recorded, checkpoint=config.checkpoint, random_init=False)
     return None
 
 
 def _text_queries(text: str | None, queries_file: str | None) -> list[str]:
+    from mmembed import storage
+
     queries = [text] if text else []
     if queries_file:
         lines = storage.read_bytes(queries_file).decode("utf-8").splitlines()
@@ -82,8 +72,7 @@ def _text_queries(text: str | None, queries_file: str | None) -> list[str]:
     return queries
 
 
-def _print(queries: list[str], results: list, as_json: bool) -> None:
-    rows = [[hit.to_dict() for hit in hits] for hits in results]
+def _print(queries: list[str], rows: list[list[dict[str, Any]]], as_json: bool) -> None:
     if as_json:
         print_json(
             rows[0] if len(rows) == 1 else [{"query": q, "results": r} for q, r in zip(queries, rows, strict=True)]

@@ -1,4 +1,5 @@
-"""DedupConfig: every option of a dedup run as one validated, frozen value."""
+"""DedupConfig: every option of a dedup run as one validated, frozen value; each field declares its command-line
+option too (``mmembed.options``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mmembed.config import DEVICES, RANDOM_INIT_WEIGHTS, ConfigError
+from mmembed.options import option
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +73,35 @@ class DedupConfig:
     neighbours measure what clustering misses (0 skips it). block_size: tile side of in-cluster comparisons.
     """
 
-    embeddings_dir: str
-    out_dir: str
-    methods: tuple[str, ...] | None = None  # None: all three, or exact + perceptual for random-weight vectors
-    keep: str = "resolution"  # the largest image: the original over a crop or thumbnail
-    phash_threshold: int = DEFAULT_PHASH_THRESHOLD
-    eps: float = DEFAULT_EPS
-    n_clusters: int | None = None
-    max_cluster_size: int = 10_000
-    sample_size: int = 200_000
-    kmeans_iterations: int = 20
-    recall_queries: int = 1000
-    block_size: int = 2048
-    batch_size: int = 65_536
-    seed: int = 0
-    device: str = "auto"
-    work_dir: str | None = None
-    overwrite: bool = False
-    allow_random_weights: bool = False  # semantic dedup on vectors of a random-weight model (smoke tests)
+    embeddings_dir: str = option(flag="--embeddings", help="the embed job's --out dir (holds embeddings/*.parquet)")
+    out_dir: str = option(flag="--out", help="where duplicates.parquet, keep.parquet, summary.json go")
+    methods: tuple[str, ...] | None = option(
+        None,
+        split=True,
+        metavar="METHOD",
+        help="exact, perceptual and/or semantic, as words or a comma list (default: all three; exact,perceptual "
+        "for embeddings of a model with random weights)",
+    )
+    # the largest image: the original over a crop or thumbnail
+    keep: str = option("resolution", choices=KEEP_POLICIES, help="which member of a group survives")
+    phash_threshold: int = option(DEFAULT_PHASH_THRESHOLD, help="max pHash bit distance of near-duplicates")
+    eps: float = option(DEFAULT_EPS, help="semantic duplicates: image-embedding cosine > 1 - eps")
+    n_clusters: int | None = option(None, help="k-means clusters (default ~sqrt(rows))")
+    max_cluster_size: int = option(10_000, help="larger clusters are split again")
+    sample_size: int = option(200_000, help="rows k-means trains on (a seeded sample)")
+    kmeans_iterations: int = option(20, help="k-means iterations")
+    recall_queries: int = option(1000, help="rows of the pair-recall check (0: off)")
+    block_size: int = option(2048, help="in-cluster comparison tile")
+    batch_size: int = option(65_536, help="rows per Parquet read batch")
+    seed: int = option(0, help="seeds the k-means sample and the recall rows")
+    device: str = option("auto", choices=DEVICES, help="faiss-gpu k-means when available")
+    work_dir: str | None = option(
+        None, help="dir or URL every worker reaches, for the job's intermediate results (default: under --out)"
+    )
+    overwrite: bool = option(False, help="replace existing outputs")
+    allow_random_weights: bool = option(
+        False, help="run semantic dedup on embeddings of a random-weight model (smoke tests only)"
+    )
 
     def __post_init__(self) -> None:
         if self.methods is not None:
@@ -98,11 +111,13 @@ class DedupConfig:
         methods = METHODS if self.methods is None else self.methods
         unknown = [m for m in methods if m not in METHODS]
         if not methods or unknown or len(set(methods)) != len(methods):
-            raise ConfigError(f"methods {list(methods)} must be distinct, non-empty and from {METHODS}")
+            raise ConfigError(f"--methods {' '.join(methods)}: give distinct methods from {', '.join(METHODS)}")
         if self.keep not in KEEP_POLICIES:
             raise ConfigError(f"keep policy {self.keep!r} is not one of {KEEP_POLICIES}")
         if self.keep.startswith("semdedup") and "semantic" not in methods:
-            raise ConfigError(f"keep={self.keep!r} ranks by distance to a k-means centroid: add 'semantic' to methods")
+            raise ConfigError(
+                f"--keep {self.keep} ranks by distance to a k-means centroid: add 'semantic' to --methods"
+            )
         if not 0 <= self.phash_threshold < PHASH_BITS // 2:
             raise ConfigError(f"phash_threshold must be in [0, {PHASH_BITS // 2}) bits, got {self.phash_threshold}")
         self.semantic(self.device)  # validates the semantic fields

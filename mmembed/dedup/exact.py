@@ -28,18 +28,6 @@ def exact_links(hashes: pa.Array | pa.ChunkedArray | Sequence[str], row_ids: np.
     return links_from_labels(METHOD, hash_codes(hashes), row_ids)
 
 
-def exact_groups(
-    hashes: pa.Array | pa.ChunkedArray | Sequence[str], row_ids: np.ndarray | None = None
-) -> list[np.ndarray]:
-    """The groups of >= 2 rows sharing a hash, each sorted, ordered by their first row."""
-    codes = hash_codes(hashes)
-    rows = np.arange(len(codes), dtype=np.int64) if row_ids is None else np.asarray(row_ids, dtype=np.int64)
-    order = np.lexsort((rows, codes))
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    groups = [g for g in np.split(rows[order], bounds) if len(g) > 1]
-    return sorted(groups, key=lambda g: int(g[0]))
-
-
 def bucket_links(row_ids: np.ndarray) -> Links:
     """Per hash bucket (a Beam GroupByKey on sha256): all rows are exact duplicates of each other."""
     return star_links(METHOD, row_ids)

@@ -53,6 +53,7 @@ from mmembed.dedup.store import VectorStore
 from mmembed.index.build import resolve_device
 from mmembed.index.evaluate import sample_rows
 from mmembed.index.reader import EmbeddingFiles, gather_rows, iter_vectors, open_embeddings
+from mmembed.progress import Progress, phase
 
 log = logging.getLogger(__name__)
 VECTORS = "image_embedding"
@@ -162,13 +163,17 @@ def semantic_pass(
     count, params = files.count, config.semantic(device)
     k = cluster_count(config, count)
     sample = gather_rows(files, VECTORS, train_sample(config, count, k), config.batch_size)
-    centroids = semantic.train_centroids(sample, k, config.seed, config.kmeans_iterations, device)
+    with phase(f"dedup: k-means, {k:,} clusters", len(sample), "vectors"):
+        centroids = semantic.train_centroids(sample, k, config.seed, config.kmeans_iterations, device)
     del sample
     top = np.empty(count, dtype=np.int64)
-    for batch in iter_vectors(files, VECTORS, config.batch_size):
-        store.write(batch.start, batch.vectors)
-        top[batch.start : batch.start + len(batch.vectors)], _ = semantic.assign(batch.vectors, centroids, device)
-    found = semantic.deduplicate_clusters(store.take, top, centroids, params, identical)
+    with Progress("dedup: assign", count, "rows") as progress:
+        for batch in progress.track(iter_vectors(files, VECTORS, config.batch_size), lambda b: len(b.vectors)):
+            store.write(batch.start, batch.vectors)
+            top[batch.start : batch.start + len(batch.vectors)], _ = semantic.assign(batch.vectors, centroids, device)
+    copies = len(np.unique(identical.right)) if identical is not None else 0  # they join their original's cluster
+    with Progress("dedup: compare", count - copies, "rows") as progress:
+        found = semantic.deduplicate_clusters(counted(store.take, progress), top, centroids, params, identical)
     found.stats.update(device=device, **_recall(store, found.clusters, config, device))
     return found
 
@@ -178,10 +183,21 @@ def _recall(store: VectorStore, clusters: np.ndarray, config: DedupConfig, devic
     rows = recall_sample(config, store.count)
     if rows is None:
         return {"pair_recall": None}
-    left, right = semantic.range_pairs(
-        store.take(rows), rows, store.blocks(config.batch_size), config.threshold, device
-    )
+    with Progress("dedup: recall check", store.count, "rows") as progress:
+        blocks = progress.track(store.blocks(config.batch_size), len)
+        left, right = semantic.range_pairs(store.take(rows), rows, blocks, config.threshold, device)
     return recall_stats(clusters, rows, left, right)
+
+
+def counted(vectors_of: Callable[[np.ndarray], np.ndarray], progress: Progress) -> Callable[[np.ndarray], np.ndarray]:
+    """``vectors_of`` that advances ``progress`` by the rows each call fetches."""
+
+    def fetch(rows: np.ndarray) -> np.ndarray:
+        vectors = vectors_of(rows)
+        progress.advance(len(rows))
+        return vectors
+
+    return fetch
 
 
 def cluster_count(config: DedupConfig, count: int) -> int:
@@ -220,8 +236,8 @@ def prepare_out(config: DedupConfig) -> str:
     existing = [name for name in OUTPUT_FILES if storage.exists(storage.join(out, name))]
     if existing and not config.overwrite:
         raise ConfigError(
-            f"{out} already holds dedup outputs ({', '.join(existing)}); pass overwrite=True "
-            "(--overwrite) to replace them, or choose another out dir"
+            f"{out} already holds dedup outputs ({', '.join(existing)}); fix: add --overwrite to replace them, "
+            "or pass another --out"
         )
     # a re-run must not leave a stale file the new methods do not write (the histogram)
     storage.delete([storage.join(out, name) for name in existing])
@@ -236,8 +252,8 @@ def local_work_dir(config: DedupConfig) -> str | None:
     temp dir (None); a memmap needs a local disk, so an object-store ``work_dir`` is refused."""
     if config.work_dir and not storage.is_local(config.work_dir):
         raise ConfigError(
-            f"work_dir {config.work_dir!r}: the single-machine dedup maps vectors from a local disk; give a local "
-            "folder (an object-store work_dir is for the Beam job)"
+            f"--work-dir {config.work_dir}: the single-machine dedup maps vectors from a local disk; give a local "
+            "folder (an object-store --work-dir is for --beam)"
         )
     if config.work_dir:
         return storage.local_path(config.work_dir)

@@ -4,9 +4,9 @@ inside k-means clusters so the cost is sum(cluster^2) instead of n^2.
 Pieces a Beam job calls per element: ``train_centroids`` (once, on a sample), ``assign`` (per batch),
 ``split_cluster`` (per oversized cluster), ``cluster_duplicates`` (per cluster), ``compare_cluster`` (both, per
 k-means cluster), ``block_range_pairs`` (recall, per file); ``semantic_result`` joins their per-row outputs.
-``deduplicate_clusters`` runs the per-cluster part over a whole assigned set on one machine,
-``find_semantic_duplicates`` everything for vectors in memory. ``range_pairs`` + ``pair_recall`` measure what
-the clustering misses against exact all-pairs search at the same threshold.
+``deduplicate_clusters`` runs the per-cluster part over a whole assigned set on one machine (the tests' and
+benchmarks' ``tests/dedup/inmemory.py`` runs all of it on vectors in memory). ``range_pairs`` + ``pair_recall``
+measure what the clustering misses against exact all-pairs search at the same threshold.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from faiss.contrib.exhaustive_search import range_ground_truth
 
 from mmembed.dedup.config import SemanticConfig
 from mmembed.dedup.links import Links, forest
-from mmembed.index.evaluate import sample_rows
 
 log = logging.getLogger(__name__)
 METHOD = "semantic"
@@ -274,19 +273,6 @@ def semantic_result(
         "pairs": int(links.pairs),
     }
     return SemanticDuplicates(links, clusters, similarity, best, stats)
-
-
-def find_semantic_duplicates(
-    vectors: np.ndarray, config: SemanticConfig, identical: Links | None = None
-) -> SemanticDuplicates:
-    """The whole semantic method for unit vectors in memory: k-means on a seeded sample, assign, per cluster."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    count = len(vectors)
-    k = min(config.n_clusters or auto_clusters(count), max(count, 1))
-    sample = sample_rows(count, min(count, max(config.sample_size, k)), config.seed)
-    centroids = train_centroids(vectors[sample], k, config.seed, config.kmeans_iterations, config.device)
-    top, _ = assign(vectors, centroids, config.device)
-    return deduplicate_clusters(lambda rows: vectors[rows], top, centroids, config, identical)
 
 
 def range_pairs(

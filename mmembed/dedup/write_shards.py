@@ -8,7 +8,6 @@ and the out dir are local paths or object-store URLs; each output shard is publi
 
 from __future__ import annotations
 
-import io
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.records import RawSample
 from mmembed.shards import iter_shard_samples, shard_name
+from mmembed.tarwrite import TAR_FORMAT, add_member
 
 
 def kept_keys_by_shard(keep_file: str) -> dict[str, set[str]]:
@@ -56,13 +56,11 @@ def _copy_kept(url: str, keys: set[str], target: str, image_extensions: tuple[st
 
     def write(sink: IO[bytes]) -> None:
         nonlocal count
-        with storage.open_read(url) as stream, tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with storage.open_read(url) as stream, tarfile.open(fileobj=sink, mode="w", format=TAR_FORMAT) as tar:
             for item in iter_shard_samples(stream, shard_name(url), image_extensions):
                 if isinstance(item, RawSample) and item.key in keys:
                     for ext, data in item.members.items():
-                        info = tarfile.TarInfo(f"{item.key}.{ext}")
-                        info.size, info.mtime = len(data), 0
-                        tar.addfile(info, io.BytesIO(data))
+                        add_member(tar, f"{item.key}.{ext}", data)
                     count += 1
 
     storage.write_atomic(target, write)

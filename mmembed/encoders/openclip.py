@@ -52,7 +52,8 @@ def model_config(config: EncoderConfig) -> dict[str, Any]:
     found = open_clip.get_model_config(config.model)
     if found is None:
         raise ConfigError(
-            f"unknown model {config.model!r}; use an open_clip name (see `mmembed models`), "
+            f"unknown model {config.model!r}; use an open_clip name (python -c 'import open_clip; "
+            "print(open_clip.list_models())'), "
             "a bundled one such as mmembed-tiny, or local-dir:/path/with/open_clip_config.json"
         )
     return found

@@ -5,7 +5,7 @@
 samples are never returned by the text index, and embeddings without any text vectors get no text index
 (``mmembed.index.selection`` says how).
 
-The names below load on first use, so light submodules (``mmembed.index.options``, ``.config``) can be
+The names below load on first use, so light submodules (``mmembed.index.config``) can be
 imported without faiss: ``mmembed --help`` must start at once.
 """
 

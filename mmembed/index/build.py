@@ -18,8 +18,8 @@ def resolve_device(device: str) -> str:
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if device == "cuda" and gpus == 0:
         raise ConfigError(
-            "device='cuda' was requested but faiss sees no GPU (faiss.get_num_gpus() == 0; is faiss-cpu installed?): "
-            "install faiss-gpu (pip install 'mmembed[gpu]') on a CUDA machine, or pass device='cpu'"
+            "--device cuda was requested but faiss sees no GPU (faiss.get_num_gpus() == 0; is faiss-cpu installed?): "
+            "install faiss-gpu (pip install 'mmembed[gpu]') on a CUDA machine, or pass --device cpu"
         )
     resolved = "cuda" if device in ("cuda", "auto") and gpus > 0 else "cpu"
     log.info("faiss index build on %s (requested %s, %d GPU(s) visible)", resolved, device, gpus)

@@ -86,28 +86,6 @@ def evaluate_index(
     return result
 
 
-def evaluate_recall(
-    index: faiss.Index,
-    files: EmbeddingFiles,
-    column: str,
-    n_queries: int = 1000,
-    ks: Sequence[int] = (1, 10, 100),
-    seed: int = 0,
-    batch_size: int = 65_536,
-) -> dict:
-    """Recall of ``index`` over ``files``' ``column`` with a seeded sample of its own vectors as queries (rows
-    that hold one; the index searched over those rows only)."""
-    present = vector_rows(files, column, batch_size)
-    if not len(present):
-        return {"available": False, "reason": NO_TEXT}
-    rows = sample_rows(files.count, n_queries, seed, within=present)
-    queries = gather_rows(files, column, rows, batch_size)
-    truth = exact_search(queries, iter_vectors(files, column, batch_size), min(max(ks), len(present)))
-    mask = np.zeros(files.count, dtype=bool)
-    mask[present] = True
-    return evaluate_index(index, queries, truth, ks, RowFilter.of(mask))
-
-
 # eval-index directions: query column; both search the image index.
 DIRECTIONS = {"text_to_image": VECTOR_COLUMNS["text"], "image_to_image": VECTOR_COLUMNS["image"]}
 

@@ -20,6 +20,7 @@ from mmembed.index.build import add_batches, new_index, resolve_device, train
 from mmembed.index.choose import IndexChoice, choose_index, estimate_memory
 from mmembed.index.config import IndexBuildConfig
 from mmembed.index.evaluate import evaluate_index, exact_search, sample_rows
+from mmembed.index.keywords import append_keywords, build_keywords
 from mmembed.index.reader import (
     VECTOR_COLUMNS,
     EmbeddingFiles,
@@ -52,6 +53,7 @@ from mmembed.index.store import (
     write_infos,
 )
 from mmembed.index.tune import tune
+from mmembed.progress import Progress, phase
 from mmembed.schema import IDENTITY_KEYS
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
     choice = _choice(config, files)
     log.info("indexing %d vectors of dim %d as %s (%s)", files.count, files.dim, choice.key, choice.reason)
     write_ids(storage.join(out, IDS_FILE), iter_ids(files, config.batch_size))
+    keywords = build_keywords(out, files, config.batch_size)
     has_text = read_text_mask(storage.join(out, IDS_FILE))
     indexes, skipped = for_each_index(
         has_text, lambda modality: _build_one(config, files, modality, choice.key, has_text, device, out)
@@ -89,6 +92,7 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
         "max_index_memory_bytes": config.memory_bytes,
         "indexes": indexes,
         "ids_file": IDS_FILE,
+        **keywords,
         "provenance": files.provenance,
         "sources": {"embeddings_dir": str(config.embeddings_dir), "files": _sources(files)},
         "device": device,
@@ -131,6 +135,7 @@ def append(index_dir: str | Path, new_files: Sequence[str], batch_size: int = 65
     start, generation = infos["count"], infos.get("generation", 0) + 1
     for modality, entry in infos["indexes"].items():
         entry.update(_append_one(folder, entry, modality, generation, start, files, batch_size))
+    infos.update(append_keywords(folder, infos, generation, files, batch_size))
     old_ids = storage.join(folder, ids_name(infos))
     infos["ids_file"] = generation_name(IDS_FILE, generation)
     write_ids(storage.join(folder, infos["ids_file"]), iter_ids(files, batch_size), start=start, keep_from=old_ids)
@@ -158,7 +163,9 @@ def _append_one(
         index, data = _open_for_append(folder, entry, stage)
         if index.ntotal != start:
             raise ConfigError(f"{url}: {index.ntotal} vectors, infos.json says {start}")
-        add_batches(index, (b.vectors for b in iter_vectors(files, VECTOR_COLUMNS[modality], batch)))
+        with Progress(f"index {modality}: append", files.count, "vectors") as progress:
+            batches = progress.track(iter_vectors(files, VECTOR_COLUMNS[modality], batch), _rows)
+            add_batches(index, (b.vectors for b in batches))
         changed: dict[str, Any] = {"file": name}
         if data is not None:
             changed["ivfdata_file"] = generation_name(f"{modality}.ivfdata", generation)
@@ -261,14 +268,17 @@ def _build_one(
     began = time.perf_counter()
     needs_training = not index.is_trained
     if needs_training:
-        train(index, gather_rows(files, column, train_rows, config.batch_size), device)
+        with phase(f"index {modality}: train", len(train_rows), "vectors"):
+            train(index, gather_rows(files, column, train_rows, config.batch_size), device)
     trained = time.perf_counter()
     queries = gather_rows(files, column, query_rows, config.batch_size)
-    batches = _adding(index, iter_vectors(files, column, config.batch_size))
-    truth = exact_search(queries, batches, min(max(EVAL_KS), searchable), device)
+    with Progress(f"index {modality}: add", files.count, "vectors") as progress:
+        batches = progress.track(_adding(index, iter_vectors(files, column, config.batch_size)), _rows)
+        truth = exact_search(queries, batches, min(max(EVAL_KS), searchable), device)
     added = time.perf_counter()
-    tuned = tune(index, queries, truth, config.recall_target, allowed)
-    metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
+    with phase(f"index {modality}: tune", len(queries), "queries"):
+        tuned = tune(index, queries, truth, config.recall_target, allowed)
+        metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
     name = INDEX_FILES[modality]
     size = write_index(index, storage.join(out, name))
     log.info("%s: %s, params %r, %s", name, key, tuned.params, metrics)
@@ -297,13 +307,19 @@ def _adding(index: faiss.Index, batches: Iterable[VectorBatch]) -> Iterator[Vect
         yield batch
 
 
+def _rows(batch: VectorBatch) -> int:
+    return len(batch.vectors)
+
+
 def _check_same_model(infos: dict[str, Any], files: EmbeddingFiles, folder: str) -> None:
     built = infos["provenance"]
     diff = [k for k in IDENTITY_KEYS if built.get(k) != files.provenance.get(k)]
-    if diff:
+    if diff:  # the first difference only: a model's preprocessing alone is hundreds of characters
+        name = diff[0]
         raise ConfigError(
-            f"cannot append {', '.join(files.paths)} to {folder}: provenance differs in {diff} "
-            f"(index: {[built.get(k) for k in diff]}, files: {[files.provenance.get(k) for k in diff]})"
+            f"cannot append {', '.join(files.paths)} to {folder}: provenance differs in {name} (index "
+            f"{built.get(name)!r:.60}, files {files.provenance.get(name)!r:.60}); fix: embed them with the index's "
+            "model, or build a new index with --out NEW_DIR"
         )
     indexed = {base_name(s["path"]) for s in infos["sources"]["files"]}
     again = [p for p in files.paths if base_name(p) in indexed]

@@ -25,6 +25,7 @@ from mmembed.schema import IDENTITY_KEYS, read_provenance, text_present, warn_if
 
 VECTOR_COLUMNS = {"image": "image_embedding", "text": "text_embedding"}
 ID_COLUMNS = ("key", "shard", "offset", "caption", "url")
+SAMPLE_COLUMNS = ("metadata", "width", "height", "similarity")  # also in the ids table, for ``--where``
 # A vector column that some rows lack -> the column whose nulls mark those rows (read with ``text_present``).
 PRESENCE_COLUMNS = {"text_embedding": "similarity"}
 
@@ -156,12 +157,12 @@ def _batches(files: EmbeddingFiles, columns: Sequence[str], batch_size: int) -> 
 
 
 def iter_ids(files: EmbeddingFiles, batch_size: int = 65_536) -> Iterator[pa.Table]:
-    """Stream the id columns (key, shard, offset, caption, url) plus ``has_text`` (the row holds a text
-    vector) in global row-id order."""
+    """Stream the id columns (key, shard, offset, caption, url), ``has_text`` (the row holds a text vector)
+    and the columns ``--where`` filters on (metadata, width, height, similarity) in global row-id order."""
     flag = PRESENCE_COLUMNS[VECTOR_COLUMNS["text"]]
-    for table in iter_columns(files, (*ID_COLUMNS, flag), batch_size):
+    for table in iter_columns(files, (*ID_COLUMNS, *SAMPLE_COLUMNS), batch_size):
         has_text = pa.array(text_present(table.column(flag)), type=pa.bool_())
-        yield table.drop_columns([flag]).append_column("has_text", has_text)
+        yield table.append_column("has_text", has_text)
 
 
 def vector_rows(files: EmbeddingFiles, column: str, batch_size: int = 65_536) -> np.ndarray:

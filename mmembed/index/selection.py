@@ -13,10 +13,19 @@ rows or the whole index was asked (over-fetch and filter).
 
 Cost: in an IVF text index every zero vector lands in one inverted list; a query probing that list skips
 those entries by the bitmap (a bit test each) rather than scoring them.
+
+Selective filters (``--where``, ``mmembed.index.where``): a filter that admits a fraction f of the rows leaves
+about f of the candidates an unfiltered search would score, so the probe settings are widened by 1/f: an IVF
+layer scans ``nprobe / f`` lists (at most all of them), an HNSW one keeps ``efSearch / f`` candidates (at most
+``MAX_EF_SEARCH``). Scoring stays about as costly as an unfiltered search (only admitted rows are scored; the
+extra lists cost a bit test per entry), and recall against exact search over the admitted rows stays at least
+that of the unfiltered search: a 1 % filter probes every list, i.e. an exhaustive search of the admitted
+rows' codes (``benchmarks/search_filters.py`` measures both).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import faiss
@@ -28,6 +37,7 @@ NO_TEXT = (
     "the embeddings hold no text vectors (embedded with --captions none, or no sample had a caption): "
     "search images, or re-embed with captions"
 )
+MAX_EF_SEARCH = 4096  # the widest an HNSW search is widened for a selective filter
 
 
 class RowFilter:
@@ -69,9 +79,12 @@ def search(
     -1 ids and ``MISSING_SCORE`` where fewer than k such rows are found."""
     if allowed is None:
         return index.search(queries, k)
+    if allowed.count == 0:
+        return np.full((len(queries), k), MISSING_SCORE, np.float32), np.full((len(queries), k), -1, np.int64)
     keep: list[Any] = []  # faiss holds raw pointers to nested parameters: they must outlive the search
+    widen = max(int(index.ntotal), 1) / allowed.count
     try:
-        scores, ids = index.search(queries, k, params=_selector_params(index, allowed.selector, keep))
+        scores, ids = index.search(queries, k, params=_selector_params(index, allowed.selector, keep, widen))
     except RuntimeError:  # a layer that refuses search parameters; over-fetch below re-raises real errors
         pass
     else:
@@ -80,21 +93,25 @@ def search(
     return _over_fetch(index, queries, k, allowed)
 
 
-def _selector_params(index: faiss.Index, selector: faiss.IDSelector, keep: list[Any]) -> faiss.SearchParameters:
-    """Search parameters carrying ``selector`` to the layer that searches, with each layer's current settings."""
+def _selector_params(
+    index: faiss.Index, selector: faiss.IDSelector, keep: list[Any], widen: float = 1.0
+) -> faiss.SearchParameters:
+    """Search parameters carrying ``selector`` to the layer that searches, with each layer's current settings,
+    its probes widened by ``widen`` (1 / the fraction of rows the selector admits)."""
     layer = faiss.downcast_index(index)
     if isinstance(layer, faiss.IndexRefine):
-        base = _selector_params(layer.base_index, selector, keep)
+        base = _selector_params(layer.base_index, selector, keep, widen)
         params = faiss.IndexRefineSearchParameters(k_factor=layer.k_factor, base_index_params=base)
     elif isinstance(layer, faiss.IndexPreTransform):
-        params = faiss.SearchParametersPreTransform(index_params=_selector_params(layer.index, selector, keep))
+        params = faiss.SearchParametersPreTransform(index_params=_selector_params(layer.index, selector, keep, widen))
     elif isinstance(layer, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=layer.nprobe, max_codes=layer.max_codes)
+        nprobe = min(layer.nlist, math.ceil(layer.nprobe * widen))
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe, max_codes=layer.max_codes)
     elif isinstance(layer, faiss.IndexHNSW):
         hnsw = layer.hnsw
         params = faiss.SearchParametersHNSW(
             sel=selector,
-            efSearch=hnsw.efSearch,
+            efSearch=max(hnsw.efSearch, min(math.ceil(hnsw.efSearch * widen), MAX_EF_SEARCH)),
             check_relative_distance=hnsw.check_relative_distance,
             bounded_queue=hnsw.search_bounded_queue,
         )

@@ -33,9 +33,10 @@ from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.index.build import new_index, resolve_device, train
 from mmembed.index.choose import IndexChoice, choose_index, estimate_memory
-from mmembed.index.config import IndexBuildConfig
+from mmembed.index.config import WORK_DIR, IndexBuildConfig, ShardedBuildConfig  # noqa: F401 - re-exported
 from mmembed.index.evaluate import batch_neighbours, evaluate_index
 from mmembed.index.job import EVAL_KS, for_each_index, peak_memory_bytes, sample_plan, text_infos
+from mmembed.index.keywords import build_keywords
 from mmembed.index.reader import VECTOR_COLUMNS, EmbeddingFiles, gather_rows, iter_ids, iter_vectors, open_embeddings
 from mmembed.index.selection import modality_filter
 from mmembed.index.store import (
@@ -54,31 +55,10 @@ from mmembed.index.store import (
     write_infos,
 )
 from mmembed.index.tune import tune
+from mmembed.progress import Progress, phase
 
 log = logging.getLogger(__name__)
-WORK_DIR = "_parts"  # under out_dir: trained indexes, tuning queries and parts; removed once the index is complete
 PLAN_FILE = "plan.json"
-
-
-@dataclass(frozen=True)
-class ShardedBuildConfig:
-    """An ``IndexBuildConfig`` plus ``files_per_part``: how many embeddings files one parallel work item adds."""
-
-    index: IndexBuildConfig
-    files_per_part: int = 1
-
-    def __post_init__(self) -> None:
-        if self.files_per_part < 1:
-            raise ConfigError(f"files_per_part must be >= 1, got {self.files_per_part}")
-        if self.index.family not in ("auto", "ivfpq"):
-            raise ConfigError(
-                f"a sharded build merges IVF inverted lists; family {self.index.family!r} has none: "
-                "use family 'ivfpq' (or 'auto'), an IVF index_key, or build_index for flat/hnsw"
-            )
-
-    @property
-    def work_dir(self) -> str:
-        return storage.join(str(self.index.out_dir), WORK_DIR)
 
 
 @dataclass(frozen=True)
@@ -292,6 +272,20 @@ def merge_truth(urls: Sequence[str], n_queries: int, k: int) -> np.ndarray:
     return heap.I
 
 
+def finished_parts(job: PartJob, todo: Sequence[Part]) -> Callable[[Progress], None]:
+    """A ``Progress.watch`` poll: the parts whose outputs appeared in the work dir (one listing a poll), whoever
+    adds them (the plain loop here, Beam workers in other processes or machines)."""
+    pending = {p.part_id: p for p in todo}
+
+    def poll(progress: Progress) -> None:
+        left = {p.part_id for p in parts_to_do(job, list(pending.values()))}
+        for part_id in sorted(pending.keys() - left):
+            part = pending.pop(part_id)
+            progress.advance(1, size=part.rows, vectors=part.rows)
+
+    return poll
+
+
 def add_parts_locally(job: PartJob, parts: Sequence[Part]) -> None:
     """The plain-loop runner (tests, small data); Beam's AddParts runs the same ``add_part`` in parallel."""
     with part_inputs(job) as inputs:
@@ -313,6 +307,7 @@ def build_sharded(
     files = open_embeddings(cfg.embeddings_dir)
     out = prepare_dir(cfg.out_dir, cfg.overwrite)
     write_ids(storage.join(out, IDS_FILE), iter_ids(files, cfg.batch_size))
+    keywords = build_keywords(out, files, cfg.batch_size)
     has_text = read_text_mask(storage.join(out, IDS_FILE))
     plan = _prepare(config, files, device, has_text)
     modalities = tuple(plan["modalities"])
@@ -322,7 +317,11 @@ def build_sharded(
     log.info("%d parts of <= %d files, %d to add", len(parts), config.files_per_part, len(todo))
     added = time.perf_counter()
     if todo:
-        run_parts(job, todo)
+        vectors = sum(p.rows for p in todo)
+        with Progress("index: add", len(todo), "parts", rate_of="vectors", size_total=vectors) as progress:
+            if progress.enabled:
+                progress.watch(finished_parts(job, todo))
+            run_parts(job, todo)
     missing = [p.part_id for p in parts_to_do(job, parts)]
     if missing:
         raise RuntimeError(f"parts {missing} have no output in {job.work_dir} after the add step; re-run to resume")
@@ -340,6 +339,7 @@ def build_sharded(
         "max_index_memory_bytes": cfg.memory_bytes,
         "indexes": indexes,
         "ids_file": IDS_FILE,
+        **keywords,
         "provenance": files.provenance,
         "sources": {
             "embeddings_dir": str(cfg.embeddings_dir),
@@ -414,7 +414,8 @@ def _train_one(
     train_rows, query_rows = sample_plan(cfg, files.count, has_text, modality)
     began = time.perf_counter()
     index = new_index(key, files.dim)
-    train(index, gather_rows(files, column, train_rows, cfg.batch_size), device)
+    with phase(f"index {modality}: train", len(train_rows), "vectors"):
+        train(index, gather_rows(files, column, train_rows, cfg.batch_size), device)
     write_index(index, trained_path(work, modality))
     seconds = round(time.perf_counter() - began, 3)
     save_array(queries_path(work, modality), gather_rows(files, column, query_rows, cfg.batch_size))
@@ -452,7 +453,8 @@ def _merge_one(
     began = time.perf_counter()
     with storage.staging_dir(out) as stage:
         ivfdata = storage.join(stage, data_name)
-        index = _merge_copies(job, parts, modality, ivfdata)
+        with phase(f"index {modality}: merge", len(parts), "parts"):
+            index = _merge_copies(job, parts, modality, ivfdata)
         merged = time.perf_counter()
         queries = load_array(queries_path(job.work_dir, modality))
         allowed = modality_filter(modality, has_text)
@@ -460,8 +462,9 @@ def _merge_one(
         truth_urls = [part_paths(job.work_dir, p.part_id, modality)[1] for p in parts]
         truth = merge_truth(truth_urls, len(queries), job.truth_k)
         truth = truth[:, : min(job.truth_k, searchable)]  # fewer rows with text than the depth: no -1 columns
-        tuned = tune(index, queries, truth, cfg.recall_target, allowed)
-        metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
+        with phase(f"index {modality}: tune", len(queries), "queries"):
+            tuned = tune(index, queries, truth, cfg.recall_target, allowed)
+            metrics = evaluate_index(index, queries, truth, EVAL_KS, allowed)
         local_index = storage.join(stage, name)
         faiss.write_index(index, local_index)
         ntotal = int(index.ntotal)

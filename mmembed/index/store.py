@@ -3,11 +3,11 @@
 ``infos.json`` is the one pointer to an index's files: it names them (``indexes.<modality>.file``,
 ``ivfdata_file``, ``ids_file``) and is written last, atomically, so its presence marks a complete index and
 replacing it switches every reader from one complete version to the next. A fresh build writes generation 0
-under the plain names (``image.index``, ``text.index``, ``image.ivfdata``, ``ids.parquet``); each ``append``
-writes generation N under new names (``image.g00001.index`` ...), switches ``infos.json`` to them, then removes
-the old generation, so a crash at any point leaves either the old or the new version whole (never a file
-changed in place). Every file goes through ``mmembed.storage``; faiss, which only writes local files, writes
-a local copy that is then published.
+under the plain names (``image.index``, ``text.index``, ``image.ivfdata``, ``ids.parquet``, ``keywords.sqlite``);
+each ``append`` writes generation N under new names (``image.g00001.index`` ...), switches ``infos.json`` to
+them, then removes the old generation, so a crash at any point leaves either the old or the new version whole
+(never a file changed in place). Every file goes through ``mmembed.storage``; faiss, which only writes local
+files, writes a local copy that is then published.
 
 ``text.index`` is absent when the embeddings hold no text vectors (``infos.json`` then says why under
 ``text_index_skipped``); ``ids.parquet``'s ``has_text`` marks the rows a text-index search may return.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import posixpath
 import re
@@ -31,13 +32,18 @@ import pyarrow.parquet as pq
 
 from mmembed import storage
 from mmembed.config import ConfigError
+from mmembed.index.reader import SAMPLE_COLUMNS
 
+log = logging.getLogger(__name__)
 INDEX_FILES = {"image": "image.index", "text": "text.index"}  # generation 0's names
 IDS_FILE = "ids.parquet"
+KEYWORDS_FILE = "keywords.sqlite"  # the captions' full-text index (``mmembed.index.keywords``)
 INFOS_FILE = "infos.json"
 FORMAT_VERSION = 1
 # Every file name of the layout, any generation: what a switch to a new generation may leave behind.
-_LAYOUT_NAME = re.compile(r"^(?:(?:image|text)(?:\.g\d{5})?\.(?:index|ivfdata)|ids(?:\.g\d{5})?\.parquet)$")
+_LAYOUT_NAME = re.compile(
+    r"^(?:(?:image|text)(?:\.g\d{5})?\.(?:index|ivfdata)|ids(?:\.g\d{5})?\.parquet|keywords(?:\.g\d{5})?\.sqlite)$"
+)
 _FLAT_CODES_FOURCC = (b"IxFI", b"IxF2", b"IxFl", b"IHNf")  # faiss header of IndexFlatIP/L2 and IndexHNSWFlat
 IDS_SCHEMA = pa.schema(
     [
@@ -48,8 +54,15 @@ IDS_SCHEMA = pa.schema(
         pa.field("caption", pa.string()),
         pa.field("url", pa.string()),
         pa.field("has_text", pa.bool_(), nullable=False),  # holds a text vector (False: an image-only sample)
+        pa.field("metadata", pa.string()),  # the sample's json member, as JSON text (for --where)
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("similarity", pa.float32()),  # cosine(image, text); null for an image-only sample
     ]
 )
+# The columns above that ids files written before ``--where`` existed lack: such an index keeps its schema on
+# append (a new generation cannot know the old rows' values) and ``--where`` on them asks for a rebuild.
+LEGACY_IDS_SCHEMA = pa.schema([f for f in IDS_SCHEMA if f.name not in SAMPLE_COLUMNS])
 
 
 def base_name(url: str | Path) -> str:
@@ -72,9 +85,15 @@ def ids_name(infos: dict[str, Any]) -> str:
     return infos.get("ids_file", IDS_FILE)
 
 
+def keywords_name(infos: dict[str, Any]) -> str | None:
+    """The keyword index file of the generation ``infos`` points to; None for an index built before it existed."""
+    return infos.get("keywords_file")
+
+
 def index_file_names(infos: dict[str, Any]) -> list[str]:
-    """Every file ``infos`` points to besides itself: the ids file, each index and its ``.ivfdata``."""
-    names = [ids_name(infos)]
+    """Every file ``infos`` points to besides itself: the ids file, the keyword index, each index and its
+    ``.ivfdata``."""
+    names = [ids_name(infos), *([keywords_name(infos)] if keywords_name(infos) else [])]
     for entry in infos["indexes"].values():
         names += [entry["file"], *([entry["ivfdata_file"]] if entry.get("ivfdata_file") else [])]
     return names
@@ -133,18 +152,20 @@ def _map_ondisk_lists(index: faiss.Index, path: str) -> faiss.Index:
 def write_ids(url: str, tables: Iterable[pa.Table], start: int = 0, keep_from: str | None = None) -> int:
     """Stream id tables into ``url`` (atomically) with row ids from ``start``; ``keep_from`` copies an existing
     ids file first (one written before ``has_text`` existed gets True: its text index held a vector for every
-    row). Returns the rows added."""
+    row; one written before the ``SAMPLE_COLUMNS`` existed keeps its columns, see ``ids_schema``). Returns the
+    rows added."""
     added = 0
+    schema = IDS_SCHEMA if keep_from is None else ids_schema(keep_from)
 
     def write(sink: IO[bytes]) -> None:
         nonlocal added
         row = start
-        with pq.ParquetWriter(sink, IDS_SCHEMA) as writer:
+        with pq.ParquetWriter(sink, schema) as writer:
             if keep_from is not None:
-                _copy_ids(keep_from, writer)
+                _copy_ids(keep_from, writer, schema)
             for table in tables:
                 ids = pa.array(range(row, row + table.num_rows), type=pa.int64())
-                writer.write_table(table.select(IDS_SCHEMA.names[1:]).add_column(0, "row_id", ids).cast(IDS_SCHEMA))
+                writer.write_table(table.select(schema.names[1:]).add_column(0, "row_id", ids).cast(schema))
                 row += table.num_rows
         added = row - start
 
@@ -152,13 +173,29 @@ def write_ids(url: str, tables: Iterable[pa.Table], start: int = 0, keep_from: s
     return added
 
 
-def _copy_ids(url: str, writer: pq.ParquetWriter) -> None:
+def ids_schema(url: str) -> pa.Schema:
+    """The schema an append keeps for the ids file at ``url``: ``IDS_SCHEMA``, or ``LEGACY_IDS_SCHEMA`` when the
+    file lacks the ``SAMPLE_COLUMNS`` (written before they existed; only a rebuild can fill them for its rows)."""
+    with storage.open_read(url) as source:
+        names = pq.ParquetFile(source).schema_arrow.names
+    if all(name in names for name in SAMPLE_COLUMNS):
+        return IDS_SCHEMA
+    log.warning(
+        "%s has no %s columns (written by an older mmembed): appended rows leave them out too, and --where "
+        "cannot filter on them until the index is rebuilt (mmembed index --embeddings DIR --out DIR --overwrite)",
+        url,
+        "/".join(SAMPLE_COLUMNS),
+    )
+    return LEGACY_IDS_SCHEMA
+
+
+def _copy_ids(url: str, writer: pq.ParquetWriter, schema: pa.Schema) -> None:
     """Copy an ids file's rows into ``writer`` in bounded batches, adding ``has_text`` where it is missing."""
     with storage.open_read(url) as source:
         for batch in pq.ParquetFile(source).iter_batches(batch_size=65_536):
             if "has_text" not in batch.schema.names:
                 batch = batch.append_column("has_text", pa.array(np.ones(batch.num_rows, dtype=bool)))
-            writer.write_batch(batch.select(IDS_SCHEMA.names).cast(IDS_SCHEMA))
+            writer.write_batch(batch.select(schema.names).cast(schema))
 
 
 def read_text_mask(url: str) -> np.ndarray:
@@ -198,7 +235,7 @@ def prepare_dir(index_dir: str | Path, overwrite: bool) -> str:
     folder = str(index_dir)
     infos = storage.join(folder, INFOS_FILE)
     if storage.exists(infos) and not overwrite:
-        raise ConfigError(f"{folder} already holds an index; pass overwrite=True to rebuild it, or use append")
+        raise ConfigError(f"{folder} already holds an index; fix: add --overwrite to rebuild it, or --append new files")
     storage.make_dirs(folder)
     storage.delete([infos])  # the old index is incomplete from here until the new infos
     return folder

@@ -1,10 +1,13 @@
 """The FastAPI app: routes, error mapping and the static search page. The work is in ``service.py``.
 
-POST /search            a text query (JSON) or an uploaded image (multipart field ``image``) -> ranked hits
+POST /search            a text query (JSON), "more like this" (JSON ``like``: an indexed sample) or an uploaded
+                        image (multipart field ``image``) -> ranked hits
+GET  /browse?n=24&seed=0&where=  a seeded random sample of the index, as hits (what the page shows first)
 GET  /items/{shard}/{key}       one sample's metadata (a sample is its shard and key: keys may repeat across shards)
 GET  /thumbnails/{shard}/{key}  its image, range-read from the shard (local or object store) at its offset, resized
                                 (``?size=large`` for the detail view)
 GET  /healthz, /metrics (Prometheus text), /openapi.json (+ /docs), / (the page), /static/*
+GET  /indices-list, POST /knn-service, POST /metadata   clip-retrieval's back-end protocol (``clipcompat.py``)
 """
 
 from __future__ import annotations
@@ -19,16 +22,30 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmembed import __version__
+from mmembed.config import DEFAULT_TEXT_WEIGHT, SEARCH_MODES
+from mmembed.serve.browse import BrowseResponse, browse, search_like
+from mmembed.serve.clipcompat import clip_router
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.limits import BodyLimitMiddleware
 from mmembed.serve.metrics import Metrics, MetricsMiddleware
-from mmembed.serve.models import ERROR_RESPONSES, THUMBNAIL_RESPONSES, Health, Item, SearchResponse, TextQuery
-from mmembed.serve.service import RequestError, SearchService
+from mmembed.serve.models import (
+    ERROR_RESPONSES,
+    THUMBNAIL_RESPONSES,
+    WHERE_HELP,
+    Health,
+    Item,
+    RequestError,
+    SearchResponse,
+    TextQuery,
+    describe_errors,
+    inline_schema,
+    parse_body,
+)
+from mmembed.serve.service import SearchService
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -38,12 +55,13 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-FORM_FIELDS = {"image", "query", "k", "target"}
+FORM_FIELDS = {"image", "query", "k", "target", "where", "mode", "text", "text_weight"}
+EXAMPLE = '{"query": "a cat", "k": 10, "target": "image"}, or an image as multipart field "image"'
 SEARCH_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": TextQuery.model_json_schema()},
+            "application/json": {"schema": inline_schema(TextQuery)},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -52,6 +70,10 @@ SEARCH_BODY = {
                         "image": {"type": "string", "format": "binary", "description": "JPEG/PNG/WebP/... file"},
                         "k": {"type": "integer", "default": 10},
                         "target": {"type": "string", "enum": ["image", "text"], "default": "image"},
+                        "where": {"type": "string", "description": WHERE_HELP},
+                        "mode": {"type": "string", "enum": list(SEARCH_MODES), "default": "vector"},
+                        "text": {"type": "string", "description": "with image: the text of a composed query"},
+                        "text_weight": {"type": "number", "default": DEFAULT_TEXT_WEIGHT},
                     },
                 }
             },
@@ -83,11 +105,20 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES, openapi_extra=SEARCH_BODY)
     async def search(request: Request) -> SearchResponse:
-        """Search with a JSON text query ``{"query", "k", "target"}`` or a multipart image upload."""
+        """Search with a JSON text query ``{"query", "k", "target"}``, ``{"like": {"shard", "key"}, ...}`` (an
+        indexed sample's own image) or a multipart image upload."""
         if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             return await _search_form(service, request)
-        query = _parse_text_query(await request.body())
-        return await service.search_text(query.query, query.k, query.target)
+        query = parse_body(TextQuery, await request.body(), EXAMPLE)
+        if query.like is not None:
+            return await search_like(service, query.like, query.k, query.target, query.where, query.mode)
+        return await service.search_text(query.query, query.k, query.target, query.where, query.mode)
+
+    @app.get("/browse", response_model=BrowseResponse, responses=ERROR_RESPONSES)
+    def browse_sample(n: int = 24, seed: int = 0, where: str | None = None) -> BrowseResponse:
+        """``n`` samples drawn at random by ``seed`` (the same seed, the same samples), among those ``where``
+        holds for, shaped like search hits."""
+        return browse(service, n, seed, where)
 
     @app.get("/items/{shard}/{key:path}", response_model=Item, responses=ERROR_RESPONSES)
     def item(shard: str, key: str) -> Item:
@@ -119,21 +150,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
+    app.include_router(clip_router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def _parse_text_query(body: bytes) -> TextQuery:
-    try:
-        return TextQuery.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise RequestError(400, f"malformed JSON body ({errors[0]['msg']}); send {_EXAMPLE}") from None
-        raise RequestError(422, f"{_describe(errors)}; send {_EXAMPLE}") from None
-
-
-_EXAMPLE = '{"query": "a cat", "k": 10, "target": "image"}, or an image as multipart field "image"'
 
 
 async def _search_form(service: SearchService, request: Request) -> SearchResponse:
@@ -143,15 +162,29 @@ async def _search_form(service: SearchService, request: Request) -> SearchRespon
             raise RequestError(422, f"unknown form fields {sorted(unknown)}; expected some of {sorted(FORM_FIELDS)}")
         upload, text = form.get("image"), form.get("query")
         k, target = _form_int(form.get("k", "10")), str(form.get("target", "image"))
+        where, mode, modifier = form.get("where"), str(form.get("mode", "vector")), form.get("text")
+        where = str(where) if where is not None else None
         if upload is not None and text is not None:
-            raise RequestError(422, "give a text query or an image, not both")
+            raise RequestError(422, 'give a text query or an image, not both (an image\'s text modifier: "text")')
         if isinstance(upload, UploadFile):
-            return await service.search_image(await upload.read(), upload.filename or "upload", k, target)
+            if mode != "vector":
+                raise RequestError(422, f"mode {mode[:50]!r} ranks text queries; an image is searched by its embedding")
+            weight = _form_float(form.get("text_weight", str(DEFAULT_TEXT_WEIGHT)))
+            modifier = str(modifier) if modifier is not None else None
+            name = upload.filename or "upload"
+            return await service.search_image(await upload.read(), name, k, target, where, modifier, weight)
         if upload is not None:
             raise RequestError(422, 'form field "image" must be a file upload')
         if isinstance(text, str):
-            return await service.search_text(text, k, target)
+            return await service.search_text(text, k, target, where, mode)
     raise RequestError(422, 'no query: send an image file in form field "image" (or a text in "query")')
+
+
+def _form_float(value: Any) -> float:
+    try:
+        return float(str(value))
+    except ValueError:
+        raise RequestError(422, f"text_weight must be a number within [0, 1], got {str(value)[:50]!r}") from None
 
 
 def _form_int(value: Any) -> int | str:
@@ -161,10 +194,6 @@ def _form_int(value: Any) -> int | str:
         return str(value)[:50]  # refused with a clear message by the k check
 
 
-def _describe(errors: list[Any]) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors)
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -172,7 +201,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=422)
+        return JSONResponse({"detail": describe_errors(list(exc.errors()))}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -13,7 +13,6 @@ store; an embeddings file is read only for its small columns (Parquet column chu
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import posixpath
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 from mmembed import storage
 from mmembed.index import IndexSet
 from mmembed.outputs import EMBEDDINGS_DIR
+from mmembed.search import parse_metadata as _parse_json
 
 log = logging.getLogger(__name__)
 EXTRA_COLUMNS = ("key", "metadata", "width", "height", "sha256")
@@ -148,14 +148,3 @@ def _parent(url: str) -> str:
     if storage.is_local(url):
         return os.path.dirname(os.path.abspath(storage.local_path(url).rstrip(os.sep)))
     return posixpath.dirname(url.rstrip("/"))
-
-
-def _parse_json(text: str | None) -> Any:
-    """A sample's json member as a value; NaN and +-Infinity (Python writes them, JSON has no such values)
-    become None so every response stays valid JSON; text that does not parse is returned as is."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text, parse_constant=lambda _: None)
-    except json.JSONDecodeError:
-        return text

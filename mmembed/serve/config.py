@@ -1,49 +1,56 @@
-"""ServeConfig: everything ``mmembed serve`` needs, as one frozen value with its limits checked up front."""
+"""ServeConfig: everything ``mmembed serve`` needs, as one frozen value with its limits checked up front. Its
+fields are the command's options (``mmembed.options``); light, as ``mmembed --help`` imports it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mmembed.config import DEVICES, MAX_K, ConfigError
+from mmembed.options import option
 
 MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The HTTP server over one index dir.
+    """The HTTP server over one index dir (an ``mmembed index`` output, local or object store), thumbnails
+    range-read from the ``shards`` that were embedded. Nothing records where the shards were, so without them
+    search works and thumbnails answer 404 saying to pass ``--shards``. Requests are served concurrently on top
+    of the ``threads`` each call uses."""
 
-    index_dir: an ``mmembed index`` output dir: a local path or an object-store URL (``s3://``, ``gs://``).
-    shards: shard URLs or patterns (globs, ``{a..b}`` braces; local or object store) of the tar shards that were
-        embedded; thumbnails are range-read from them, matched to the index by shard name (file name without
-        ``.tar``). Nothing records where the shards were, so without them search works and thumbnails answer 404
-        saying to pass ``--shards``.
-    host / port: where to listen; loopback unless told otherwise.
-    max_k: the most results one query may ask for.
-    max_upload_bytes: the largest request body (an uploaded image plus its form fields).
-    max_query_chars: the longest text query.
-    max_image_pixels: decompression-bomb guard for uploads (width x height, checked before decoding).
-    thumbnail_size / detail_size: longest side of the grid thumbnails and of the detail view's image.
-    thumbnail_cache_items: encoded thumbnails kept in memory (LRU).
-    checkpoint: where the recorded model's checkpoint file is now, if it moved since embedding.
-    device: where queries are encoded ('cpu' serves small models fastest; 'cuda' must exist when asked for).
-    threads: torch and faiss threads per call; requests are served concurrently on top of that.
-    """
-
-    index_dir: str
-    shards: tuple[str, ...] = ()
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_k: int = 100
-    max_upload_bytes: int = 10 * MiB
-    max_query_chars: int = 1000
-    max_image_pixels: int = 40_000_000
-    thumbnail_size: int = 256
-    detail_size: int = 768
-    thumbnail_cache_items: int = 2048
-    checkpoint: str | None = None
-    device: str = "cpu"
-    threads: int = 1
+    index_dir: str = option(
+        flag="--index",
+        help="index dir written by `mmembed index`: a local path, or an s3:// or gs:// URL (fetched once into a "
+        "local cache and memory-mapped)",
+    )
+    shards: tuple[str, ...] = option(
+        (),
+        metavar="SHARD",
+        help="the embedded tar shards (globs, {a..b} braces or paths, local or s3:// / gs://; several values, "
+        "repeatable), for thumbnails; matched to the index by file name without .tar. Images are read by byte "
+        "ranges, never whole shards. Without it search works but thumbnails answer 404. .tar.gz shards cannot be "
+        "seeked: their samples get no thumbnail",
+    )
+    host: str = option("127.0.0.1", help="address to listen on (loopback unless told otherwise)")
+    port: int = option(8080, help="port to listen on")
+    max_k: int = option(100, metavar="N", help="most results per query")
+    max_upload_bytes: int = option(10 * MiB, metavar="BYTES", help="largest image upload")
+    max_query_chars: int = option(1000, metavar="N", help="longest text query")
+    max_image_pixels: int = option(
+        40_000_000, metavar="N", help="decompression-bomb guard for uploads (width x height, checked before decoding)"
+    )
+    thumbnail_size: int = option(256, metavar="PX", help="longest side of the grid thumbnails")
+    detail_size: int = option(768, metavar="PX", help="longest side of the detail view's image")
+    thumbnail_cache_items: int = option(
+        2048, flag="--thumbnail-cache", metavar="N", help="encoded thumbnails kept in memory (LRU)"
+    )
+    checkpoint: str | None = option(None, help="where the recorded model's checkpoint file is now, if it moved")
+    device: str = option(
+        "cpu", choices=DEVICES, help="where queries are encoded (cpu serves small models fastest; cuda must exist)"
+    )
+    threads: int = option(
+        1, flag="--torch-threads", aliases=("--threads",), metavar="N", help="torch and faiss threads per call"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import posixpath
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -28,15 +29,16 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from mmembed import storage
-from mmembed.config import ConfigError
+from mmembed.config import DEFAULT_TEXT_WEIGHT, SEARCH_MODES, ConfigError
 from mmembed.decode import DecodeError, decode_image
 from mmembed.index import IndexSet, load_index
-from mmembed.query import encoder_config_from_provenance
+from mmembed.index.reader import SAMPLE_COLUMNS
+from mmembed.query import encoder_config_from_provenance, fuse
 from mmembed.search import Searcher, SearchHit
 from mmembed.serve.catalog import Catalog
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.metrics import Metrics
-from mmembed.serve.models import Hit, Item, SearchResponse
+from mmembed.serve.models import Hit, Item, RequestError, SearchResponse
 from mmembed.serve.thumbnails import ThumbnailStore, ThumbnailUnavailable
 from mmembed.shards import check_unique_names, list_shards, shard_name
 
@@ -44,15 +46,6 @@ log = logging.getLogger(__name__)
 MAX_KEY_CHARS = 4096
 IMAGE_DECODE_SLOTS = 2
 DECODE_STATUS = {"image_too_large": 413, "empty_image": 400}  # anything else: not an image -> 415
-
-
-class RequestError(Exception):
-    """A request the server refuses: ``status`` (4xx) and a message saying what to fix."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class TextBatcher:
@@ -107,6 +100,8 @@ class SearchService:
         self._model = ThreadPoolExecutor(1, "mmembed-model", initializer=_set_threads, initargs=(config.threads,))
         self._decode_slots = asyncio.Semaphore(IMAGE_DECODE_SLOTS)
         self._texts = TextBatcher(searcher.encoder.encode_texts, self._model, metrics)
+        # An index built before the ids table held metadata, width and height: the catalog reads them per hit.
+        self._hit_extras = not all(c in searcher.index.ids.schema.names for c in SAMPLE_COLUMNS)
         infos = searcher.index.infos
         for modality, index in searcher.index.indexes.items():
             metrics.index_vectors.labels(modality).set(index.count)
@@ -143,8 +138,58 @@ class SearchService:
 
     # --- search -----------------------------------------------------------------------------------------
 
-    async def search_text(self, query: str, k: int, target: str) -> SearchResponse:
+    async def search_text(
+        self, query: str, k: int, target: str, where: str | None = None, mode: str = "vector"
+    ) -> SearchResponse:
+        """A text query by ``mode`` (keyword mode calls no model) among the samples ``where`` holds for."""
         began = time.perf_counter()
+        text = self._check_text(query)
+        self._check(k, target, mode)
+        where = _condition(where)
+        vectors = None if mode == "keyword" else await self._encode_text(text)
+
+        def search(n: int) -> list[list[SearchHit]]:
+            return self.searcher.search_encoded([text], vectors, n, target, where, mode)
+
+        return await self._respond("text", text, target, k, mode, where, search, began)
+
+    async def search_image(
+        self,
+        data: bytes,
+        name: str,
+        k: int,
+        target: str,
+        where: str | None = None,
+        text: str | None = None,
+        text_weight: float = DEFAULT_TEXT_WEIGHT,
+    ) -> SearchResponse:
+        """An uploaded image, composed with ``text`` (``text_weight`` of the query) when given, among the samples
+        ``where`` holds for."""
+        began = time.perf_counter()
+        self._check(k, target, "vector")
+        where = _condition(where)
+        if len(data) > self.config.max_upload_bytes:
+            raise RequestError(413, f"image is {len(data):,} bytes, over the limit of {self.config.max_upload_bytes:,}")
+        if text is not None:
+            text = self._check_text(text)
+            if not 0.0 <= text_weight <= 1.0:
+                raise RequestError(422, f"text_weight must be within [0, 1], got {text_weight}")
+        async with self._decode_slots:
+            pixels = await run_in_threadpool(self._decode_upload, data, name)
+        encoding = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self._model, self.searcher.encoder.encoder.embed_pixels, pixels[None])
+        self.metrics.encode.labels("image").observe(time.perf_counter() - encoding)
+        if text is not None:
+            vectors = fuse(vectors, await self._encode_text(text), text_weight)
+
+        def search(n: int) -> list[list[SearchHit]]:
+            return self.searcher.search_vectors(vectors, n, target, where)
+
+        return await self._respond("image", name, target, k, "vector", where, search, began)
+
+    def _check_text(self, query: str) -> str:
+        """The query stripped; a 422 for an empty one, a 413 for one over the length limit."""
         text = query.strip()
         if not text:
             raise RequestError(422, "query is empty; send a non-empty text, or upload an image")
@@ -152,24 +197,14 @@ class SearchService:
             raise RequestError(
                 413, f"query is {len(query):,} characters, over the limit of {self.config.max_query_chars:,}"
             )
-        self._check(k, target)
+        return text
+
+    async def _encode_text(self, text: str) -> np.ndarray:
+        """One text's embedding (1 x dim), batched with concurrent requests' texts on the model thread."""
         encoding = time.perf_counter()
         vectors = await self._texts(text)
         self.metrics.encode.labels("text").observe(time.perf_counter() - encoding)
-        return await self._respond("text", text, vectors, k, target, began)
-
-    async def search_image(self, data: bytes, name: str, k: int, target: str) -> SearchResponse:
-        began = time.perf_counter()
-        self._check(k, target)
-        if len(data) > self.config.max_upload_bytes:
-            raise RequestError(413, f"image is {len(data):,} bytes, over the limit of {self.config.max_upload_bytes:,}")
-        async with self._decode_slots:
-            pixels = await run_in_threadpool(self._decode_upload, data, name)
-        encoding = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._model, self.searcher.encoder.encoder.embed_pixels, pixels[None])
-        self.metrics.encode.labels("image").observe(time.perf_counter() - encoding)
-        return await self._respond("image", name, vectors, k, target, began)
+        return vectors
 
     def _decode_upload(self, data: bytes, name: str) -> np.ndarray:
         try:
@@ -178,41 +213,64 @@ class SearchService:
             raise RequestError(DECODE_STATUS.get(exc.code, 415), f"upload {name!r}: {exc}") from None
         return self.searcher.encoder.encoder.preprocessor.to_pixels(image)
 
-    def _check(self, k: int, target: str) -> None:
+    def _check(self, k: int, target: str, mode: str = "vector") -> None:
+        """A 422 for a k, target or mode out of range, or one this index cannot serve."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
             raise RequestError(422, f"k must be an integer within 1..{self.config.max_k}, got {k!r}")
         if target not in ("image", "text"):
             raise RequestError(422, f"target must be 'image' or 'text', got {target!r}")
+        if mode not in SEARCH_MODES:
+            raise RequestError(422, f"mode must be one of {', '.join(SEARCH_MODES)}, got {str(mode)[:50]!r}")
         unavailable = self.searcher.index.text_unavailable
-        if target == "text" and unavailable:
+        if target == "text" and unavailable and mode != "keyword":
             raise RequestError(422, f"target 'text' is not available: this index has no text index ({unavailable})")
+        if mode != "vector":
+            try:
+                self.searcher.index.keywords  # noqa: B018 - raises the fix for an index without one
+            except ConfigError as exc:
+                raise RequestError(422, f"mode {mode!r} is not available: {exc}") from None
 
     async def _respond(
-        self, kind: str, query: str, vectors: np.ndarray, k: int, target: str, began: float
+        self,
+        kind: str,
+        query: str,
+        target: str,
+        k: int,
+        mode: str,
+        where: str | None,
+        search: Callable[[int], list[list[SearchHit]]],
+        began: float,
     ) -> SearchResponse:
+        """Run ``search`` (one query's Searcher call, given k) on a worker thread and wrap its hits."""
         searched = time.perf_counter()
-        hits = await run_in_threadpool(self._search, vectors, k, target)
+        hits = await run_in_threadpool(self._search, search, k)
         self.metrics.search.labels(target).observe(time.perf_counter() - searched)
         self.metrics.queries.labels(kind, target).inc()
         took = round((time.perf_counter() - began) * 1000, 3)
-        return SearchResponse(kind=kind, query=query, target=target, k=k, took_ms=took, results=hits)
+        return SearchResponse(
+            kind=kind, query=query, target=target, k=k, mode=mode, where=where, took_ms=took, results=hits
+        )
 
-    def _search(self, vectors: np.ndarray, k: int, target: str) -> list[Hit]:
+    def _search(self, search: Callable[[int], list[list[SearchHit]]], k: int) -> list[Hit]:
+        """``search``'s hits as HTTP hits; a ConfigError from it (a bad ``where``, bad keyword syntax: what
+        ``_check`` left) is a 400 naming what is wrong."""
         if self.catalog.count == 0:
             return []
         try:
-            found = self.searcher.search_vectors(vectors, min(k, self.catalog.count), target)[0]
+            found = search(min(k, self.catalog.count))[0]
         except ConfigError as exc:
-            raise RequestError(422, str(exc)) from None
-        return [self._hit(h) for h in found]
+            raise RequestError(400, str(exc)) from None
+        return [self.hit(h) for h in found]
 
-    def _hit(self, hit: SearchHit) -> Hit:
-        extra = self.catalog.extras(hit.row_id, hit.key)
+    def hit(self, hit: SearchHit) -> Hit:
+        """The HTTP hit of a SearchHit: its fields plus links (and, for an index whose ids table predates
+        them, metadata, width and height from the catalog)."""
+        fields = vars(hit)  # SearchHit's fields (asdict() deep-copies: slow on the hot path)
+        if self._hit_extras:
+            extra = self.catalog.extras(hit.row_id, hit.key)
+            fields = {**fields, "metadata": extra["metadata"], "width": extra["width"], "height": extra["height"]}
         return Hit(
-            **vars(hit),  # SearchHit's fields (asdict() deep-copies: slow on the hot path)
-            metadata=extra["metadata"],
-            width=extra["width"],
-            height=extra["height"],
+            **fields,
             item=sample_path("items", hit.shard, hit.key),
             thumbnail=self._thumbnail_link(hit.shard, hit.key),
         )
@@ -268,6 +326,11 @@ def sample_path(route: str, shard: str, key: str) -> str:
     """The URL path of a sample under ``route`` (items, thumbnails): a sample is (shard, key), keys may repeat
     across shards. Shard names hold no '/'; keys may, and the route takes the rest of the path as the key."""
     return f"/{route}/{quote(shard, safe='')}/{quote(key)}"
+
+
+def _condition(where: str | None) -> str | None:
+    """A request's ``where``: None when absent or blank (a search form's empty filter box)."""
+    return where if where is not None and where.strip() else None
 
 
 def open_index(url: str) -> IndexSet:

@@ -1,10 +1,11 @@
 """Thumbnails read straight from the tar shards, local or in an object store: range reads at the offset
 recorded at embed time, never a scan and never a whole-shard download.
 
-The embed job records ``offset``, the byte offset of the image member's data inside its (uncompressed) tar.
-The 512-byte ustar header right before it gives the member's size and name. One range read takes the header
-and the first ``FIRST_READ`` bytes after it (most images fit: one request, one round trip to an object store);
-a larger image costs a second range read for the rest. Every read goes through ``mmembed.storage.read_bytes``:
+The reading itself is ``mmembed.tarread`` (shared with ``mmembed export``): the embed job records ``offset``,
+the byte offset of the image member's data inside its (uncompressed) tar, and the 512-byte ustar header right
+before it gives the member's size and name. One range read takes the header and the first ``FIRST_READ`` bytes
+after it (most images fit: one request, one round trip to an object store); a larger image costs a second range
+read for the rest. Every read goes through ``mmembed.storage.read_bytes``:
 a ranged GET on ``s3://`` / ``gs://``, a seek and read on a local file. A gzip-compressed shard (``.tar.gz``)
 cannot be seeked: its images get no thumbnail (``ThumbnailUnavailable``, served as a 404 with that reason)
 rather than a decompression of the shard up to the offset on every cache miss. Encoded thumbnails are kept in
@@ -17,33 +18,25 @@ server log, not to clients.
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
-import tarfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import IO
 
-from mmembed import storage
 from mmembed.config import DecodeConfig
 from mmembed.decode import DecodeError, decode_image
+from mmembed.tarread import (  # noqa: F401 - FIRST_READ, read_member_at: this module's API before they moved
+    FIRST_READ,
+    GZIP_SUFFIXES,
+    SampleUnavailable,
+    read_member,
+    read_member_at,
+    read_range,
+)
 
 log = logging.getLogger(__name__)
-TAR_BLOCK = 512
-FIRST_READ = 64 * 1024  # image bytes fetched together with the header (a second read only for larger images)
-GZIP_SUFFIXES = (".tar.gz", ".tgz")
-MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a header claiming more is not an image member we wrote
-RangeReader = Callable[[int, int], bytes]  # the bytes [start, end) of one file, fewer where it ends sooner
-
-
-class ThumbnailUnavailable(LookupError):
-    """No thumbnail for this sample; the message says why and what to do, ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 404) -> None:
-        super().__init__(message)
-        self.status = status
+ThumbnailUnavailable = SampleUnavailable  # no thumbnail for this sample: why, what to do, and the HTTP status
 
 
 class LRUCache:
@@ -77,67 +70,6 @@ class LRUCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def read_range(url: str, start: int, end: int) -> bytes:
-    """The bytes ``[start, end)`` of the file at ``url`` in one storage request; empty when the file ends
-    before ``start`` (an object store refuses such a range, a local file reads nothing: one answer for both)."""
-    try:
-        return storage.read_bytes(url, start, end)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            return b""  # HTTP 416, the range is not satisfiable: the object is shorter than ``start``
-        raise
-
-
-def read_member(read: RangeReader, offset: int, key: str) -> bytes:
-    """The bytes of the tar member whose data starts at ``offset``, sized from the header just before it.
-
-    ``read`` fetches byte ranges of the shard: one for the header and the first ``FIRST_READ`` data bytes,
-    a second only for the rest of a larger member.
-    """
-    if offset < TAR_BLOCK or offset % TAR_BLOCK:
-        raise ThumbnailUnavailable(f"sample {key}: offset {offset} is not the start of a tar member's data")
-    first = read(offset - TAR_BLOCK, offset + FIRST_READ)
-    info = _member_info(first[:TAR_BLOCK], offset, key)
-    data = first[TAR_BLOCK : TAR_BLOCK + info.size]
-    if len(data) < info.size:
-        data += read(offset + len(data), offset + info.size)
-    if len(data) != info.size:
-        raise ThumbnailUnavailable(f"sample {key}: shard ends after {len(data)} of {info.size} image bytes")
-    return data
-
-
-def read_member_at(f: IO[bytes], offset: int, key: str) -> bytes:
-    """``read_member`` over an open, seekable file (for callers that already hold one: the demo's contact sheet)."""
-
-    def read(start: int, end: int) -> bytes:
-        f.seek(start)
-        return f.read(end - start)
-
-    return read_member(read, offset, key)
-
-
-def _member_info(header: bytes, offset: int, key: str) -> tarfile.TarInfo:
-    """The tar header before ``offset``, checked to be ``key``'s regular, plausibly sized member."""
-    try:
-        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-    except tarfile.HeaderError as exc:
-        raise ThumbnailUnavailable(
-            f"sample {key}: no tar header before offset {offset} ({exc}); the shard changed since it was "
-            "embedded (fix: re-embed it, or point --shards at the files that were embedded)"
-        ) from None
-    if not info.isreg() or info.size > MAX_MEMBER_BYTES or not _names_match(info.name, key):
-        raise ThumbnailUnavailable(
-            f"sample {key}: the tar member at offset {offset} is {info.name!r} ({info.size} bytes), not this "
-            "sample's image; the shard changed since it was embedded (fix: re-embed it, or pass the right --shards)"
-        )
-    return info
-
-
-def _names_match(member: str, key: str) -> bool:
-    """The member is ``<key>.<ext>``; a long name (GNU/pax) is cut to the header's name field, a prefix of it."""
-    return member.startswith(f"{key}.") or (len(member) >= 99 and f"{key}.".startswith(member[:99]))
 
 
 def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:

@@ -34,6 +34,7 @@ from mmembed.encoders.openclip import (
     resolve_device,
     resolve_preprocess_cfg,
 )
+from mmembed.progress import Progress
 from mmembed.records import SampleError
 from mmembed.schema import errors_table
 from mmembed.shards import list_shards
@@ -204,7 +205,10 @@ class Trainer:
             config.epochs,
             self.device,
         )
-        with open(self.files.local_metrics, "a", encoding="utf-8", buffering=1) as metrics:
+        with (
+            open(self.files.local_metrics, "a", encoding="utf-8", buffering=1) as metrics,
+            Progress("train", self.total_steps, "steps", rate_of="samples", initial=first_step) as progress,
+        ):
             for epoch in range(self.state.epoch, config.epochs):
                 on_error = self.errors.append if epoch == 0 else None  # the same samples fail every epoch
                 for batch in self.batches.epoch(epoch, skip=self.state.position, on_error=on_error):
@@ -212,10 +216,11 @@ class Trainer:
                         break  # --max-steps reached inside the epoch
                     loss, lr = self.step(batch.images, batch.tokens)
                     self.state = RunState(self.state.step + 1, epoch, batch.position)
+                    progress.advance(1, samples=len(batch.images))
                     recent.append(loss)
                     metrics.write(json.dumps(self._metrics_entry(loss, lr, started)) + "\n")
                     if self.state.step % config.log_every == 0 or self.state.step == self.total_steps:
-                        self._log_progress(recent, lr, started, first_step)
+                        self._log_progress(recent, lr)
                     if config.checkpoint_every and self.state.step % config.checkpoint_every == 0:
                         self._checkpoint()
                 else:  # the epoch's samples ran out
@@ -241,11 +246,10 @@ class Trainer:
             "seconds": round(time.monotonic() - started, 3),
         }
 
-    def _log_progress(self, recent: deque[float], lr: float, started: float, first_step: int) -> None:
-        rate = (self.state.step - first_step) * self.config.batch_size / max(time.monotonic() - started, 1e-9)
-        eta = (self.total_steps - self.state.step) * self.config.batch_size / max(rate, 1e-9)
+    def _log_progress(self, recent: deque[float], lr: float) -> None:
+        """The loss line of every ``log_every`` steps (rate and ETA: the ``train`` progress line or bar)."""
         log.info(
-            "epoch %d step %d/%d loss %.4f (mean of %d) lr %.2e scale %.1f %.0f samples/s eta %.0fs",
+            "epoch %d step %d/%d loss %.4f (mean of %d) lr %.2e scale %.1f",
             self.state.epoch + 1,
             self.state.step,
             self.total_steps,
@@ -253,8 +257,6 @@ class Trainer:
             len(recent),
             lr,
             float(self.model.logit_scale.detach().exp()),
-            rate,
-            eta,
         )
 
     def _checkpoint(self, epoch_end: bool = False) -> None:
@@ -286,7 +288,9 @@ class Trainer:
             "errors": len(self.errors),
             "errors_by_code": codes,
             "seconds": round(seconds, 2),
-            "samples_per_s": round((self.state.step - first_step) * self.config.batch_size / max(seconds, 1e-9), 1),
+            "samples_per_second": round(
+                (self.state.step - first_step) * self.config.batch_size / max(seconds, 1e-9), 1
+            ),
             "embed_with": f"mmembed embed --model {self.config.init.model} --checkpoint {self.files.model} ...",
         }
 

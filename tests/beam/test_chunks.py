@@ -1,5 +1,5 @@
 """Embedded samples travel as per-shard chunks: a batch splits into one chunk per shard without losing or mixing
-samples, and a shard's chunks become the same table, sorted by offset, as per-sample rows would."""
+samples, and a shard's chunks become the same table, sorted by offset, as its rows built one by one would."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmembed.records import EmbeddedChunk, EmbeddedSample
-from mmembed.schema import chunk_table, embeddings_schema, embeddings_table, text_present
+from mmembed.records import EmbeddedChunk
+from mmembed.schema import chunk_table, embeddings_schema, text_present
 
 
 def row(shard: str, offset: int) -> dict:
@@ -36,6 +36,22 @@ def batch_results(rows: list[dict], dim: int, seed: int) -> tuple[np.ndarray, np
     has_text = rng.random(len(rows)) > 0.5
     text[~has_text] = 0
     return image, text, np.where(has_text, rng.random(len(rows), dtype=np.float32), 0), has_text
+
+
+def rows_table(samples: list[tuple[dict, np.ndarray, np.ndarray, float | None]], schema: pa.Schema) -> pa.Table:
+    """(row, image vector, text vector, cosine or None for an image-only row) built into ``schema`` one row at a
+    time, independently of ``chunk_table``: a zero text vector and a null cosine for an image-only row."""
+    dtype = np.float16 if schema.field("image_embedding").type.value_type == pa.float16() else np.float32
+    records = [
+        {
+            **row,
+            "image_embedding": list(image.astype(dtype)),
+            "text_embedding": list((text if cosine is not None else np.zeros_like(text)).astype(dtype)),
+            "similarity": cosine,
+        }
+        for row, image, text, cosine in samples
+    ]
+    return pa.Table.from_pylist(records, schema=schema)
 
 
 def test_a_batch_splits_into_one_chunk_per_shard_keeping_every_sample() -> None:
@@ -64,14 +80,17 @@ def test_joined_chunks_equal_per_sample_rows_sorted_by_offset(dtype: str) -> Non
     joined = EmbeddedChunk.join("s", chunks)
     assert [r["offset"] for r in joined.rows] == [50, 100, 300, 700, 900]
     samples = [
-        EmbeddedSample(r, chunk.image_embeddings[i], chunk.text_embeddings[i], float(chunk.similarity[i]))
-        if chunk.has_text[i]
-        else EmbeddedSample(r, chunk.image_embeddings[i], None, None)
+        (
+            r,
+            chunk.image_embeddings[i],
+            chunk.text_embeddings[i],
+            float(chunk.similarity[i]) if chunk.has_text[i] else None,
+        )
         for chunk in chunks
         for i, r in enumerate(chunk.rows)
     ]
-    assert 0 < sum(s.similarity is None for s in samples) < len(samples)  # both kinds of row
-    expected = embeddings_table(sorted(samples, key=lambda s: s.row["offset"]), schema)
+    assert 0 < sum(s[3] is None for s in samples) < len(samples)  # both kinds of row
+    expected = rows_table(sorted(samples, key=lambda s: s[0]["offset"]), schema)
     table = chunk_table(joined, schema)
     assert table.schema.equals(schema, check_metadata=True) and table.equals(expected)
 
@@ -90,5 +109,5 @@ def test_a_shard_without_rows_is_an_empty_table_of_the_schema() -> None:
     schema = embeddings_schema(4, "float16", {"model": "m"})
     table = chunk_table(EmbeddedChunk.join("s", []), schema)
     assert table.num_rows == 0 and table.schema.equals(schema, check_metadata=True)
-    assert table.equals(embeddings_table([], schema))
+    assert table.equals(rows_table([], schema))
     assert isinstance(table.column("image_embedding").type, pa.FixedSizeListType)

@@ -1,20 +1,13 @@
-"""exact.py: rows with the same sha256 form groups; links are stars; Arrow columns are read without copies."""
+"""exact.py: rows with the same sha256 are linked; links are stars; Arrow columns are read without copies."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from mmembed.dedup.exact import bucket_links, exact_groups, exact_links, hash_codes
+from mmembed.dedup.exact import bucket_links, exact_links, hash_codes
 
 HASHES = ["aa", "bb", "aa", "cc", "bb", "aa", "dd"]
-
-
-def test_groups_of_identical_hashes() -> None:
-    groups = exact_groups(HASHES)
-    assert [g.tolist() for g in groups] == [[0, 2, 5], [1, 4]]
-    rows = np.array([70, 60, 50, 40, 30, 20, 10])
-    assert [g.tolist() for g in exact_groups(HASHES, rows)] == [[20, 50, 70], [30, 60]]
 
 
 def test_links_are_stars_to_the_smallest_row() -> None:
@@ -22,6 +15,9 @@ def test_links_are_stars_to_the_smallest_row() -> None:
     assert links.method == "exact"
     assert sorted(zip(links.left.tolist(), links.right.tolist(), strict=True)) == [(0, 2), (0, 5), (1, 4)]
     assert links.pairs == 3 + 1  # 3 pairs among three copies, 1 among two
+    rows = np.array([70, 60, 50, 40, 30, 20, 10])  # the rows' ids in the whole set
+    links = exact_links(HASHES, rows)
+    assert sorted(zip(links.left.tolist(), links.right.tolist(), strict=True)) == [(20, 50), (20, 70), (30, 60)]
 
 
 def test_codes_equal_exactly_when_hashes_are_equal() -> None:
@@ -30,7 +26,7 @@ def test_codes_equal_exactly_when_hashes_are_equal() -> None:
         for j in range(len(HASHES)):
             assert (codes[i] == codes[j]) == (HASHES[i] == HASHES[j])
     assert hash_codes([]).shape == (0,)
-    assert len(exact_links([])) == 0 and exact_groups([]) == []
+    assert len(exact_links([])) == 0
 
 
 def test_bucket_links_for_one_hash_bucket() -> None:

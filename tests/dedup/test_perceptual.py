@@ -25,7 +25,7 @@ from mmembed.dedup.perceptual import (
     perceptual_links,
     phash_codes,
 )
-from mmembed.photos import load_photo
+from tests.photos import load_photo
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "horse", "coins")
 

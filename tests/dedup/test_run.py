@@ -14,9 +14,8 @@ from mmembed.config import ConfigError
 from mmembed.dedup import DedupConfig, run_dedup
 from mmembed.dedup.outputs import DUPLICATES_FILE, HISTOGRAM_FILE, KEEP_FILE, SUMMARY_FILE
 from mmembed.index.reader import EmbeddingsReadError
-from mmembed.schema import embeddings_schema, embeddings_table, full_provenance
 from tests.dedup.synth import near_copy, random_phash, write_dedup_dir
-from tests.index.synth import blobs, encoder_provenance
+from tests.index.synth import blobs, encoder_provenance, write_shard
 
 N = 600
 
@@ -159,9 +158,8 @@ def test_cuda_without_a_gpu_fails_fast(embed_dir: Path, tmp_path: Path) -> None:
 
 
 def test_empty_embeddings_files(tmp_path: Path) -> None:
-    schema = embeddings_schema(8, "float32", full_provenance(encoder_provenance(8), "float32"))
-    (tmp_path / "emb" / "embeddings").mkdir(parents=True)
-    pq.write_table(embeddings_table([], schema), tmp_path / "emb" / "embeddings" / "shard-00000.parquet")
+    path = tmp_path / "emb" / "embeddings" / "shard-00000.parquet"
+    write_shard(path, "shard-00000", np.zeros((0, 8), np.float32), None, encoder_provenance(8))
     summary = run_dedup(DedupConfig(str(tmp_path / "emb"), str(tmp_path / "out")))
     assert summary["samples"] == 0 and summary["groups"] == 0 and summary["share_removed"] == 0.0
     assert pq.read_table(tmp_path / "out" / KEEP_FILE).num_rows == 0

@@ -11,12 +11,12 @@ from mmembed.dedup.links import Links, star_links
 from mmembed.dedup.semantic import (
     assign,
     cluster_duplicates,
-    find_semantic_duplicates,
     pair_recall,
     range_pairs,
     split_cluster,
     train_centroids,
 )
+from tests.dedup.inmemory import find_semantic_duplicates
 from tests.dedup.synth import near_copy
 from tests.index.synth import blobs
 

@@ -21,7 +21,7 @@ from mmembed.encoders.openclip import (
     resolve_device,
     resolve_preprocess_cfg,
 )
-from mmembed.photos import load_photo
+from tests.photos import load_photo
 
 TINY_CFG = {
     "embed_dim": 32,

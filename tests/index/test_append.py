@@ -100,6 +100,7 @@ def test_each_append_writes_the_next_generation_and_removes_the_last(appended, t
         "ids.g00002.parquet",
         "image.g00002.index",
         "infos.json",
+        "keywords.g00002.sqlite",
         "text.g00002.index",
     ]
     _, found = load_index(index_dir).search(image[:50], 1)

@@ -7,8 +7,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from mmembed.index.evaluate import evaluate_recall, exact_search, recall_at_k, sample_rows
+from mmembed.index.evaluate import exact_search, recall_at_k, sample_rows
 from mmembed.index.reader import VectorBatch, open_embeddings
+from tests.helpers import evaluate_recall
 from tests.index.synth import blobs, exact_top_k, write_embed_dir
 
 

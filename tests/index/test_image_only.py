@@ -17,11 +17,12 @@ import pytest
 from mmembed.cli import main
 from mmembed.config import ConfigError
 from mmembed.index import IndexBuildConfig, append, build_index, load_index
-from mmembed.index.evaluate import evaluate_directions, evaluate_recall
+from mmembed.index.evaluate import evaluate_directions
 from mmembed.index.reader import _to_numpy, iter_ids, iter_vectors, open_embeddings, vector_rows
 from mmembed.index.selection import RowFilter, search
 from mmembed.index.sharded import ShardedBuildConfig, build_sharded
 from mmembed.index.store import IDS_FILE, INDEX_FILES
+from tests.helpers import evaluate_recall
 from tests.index.synth import blobs, exact_top_k, recall, write_embed_dir
 
 N, DIM, PER_SHARD = 3000, 32, 1000

@@ -3,16 +3,17 @@ server."""
 
 from __future__ import annotations
 
-import argparse
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from mmembed.commands.serve import add_arguments, config_from_args
 from mmembed.config import ConfigError
+from mmembed.options import Parser
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.service import shard_map
 from mmembed.serve.thumbnails import (
@@ -24,6 +25,7 @@ from mmembed.serve.thumbnails import (
     read_member_at,
     read_range,
 )
+from mmembed.stages import add_stage_options, config_of, stage
 from tests.tarmaker import jpeg_bytes, write_tar
 
 
@@ -175,11 +177,21 @@ def test_config_refuses_bad_limits(change: dict) -> None:
 
 
 def test_command_line_arguments_make_a_config() -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(
-        ["--index", "idx", "--shards", "a/*.tar", "--shards", "b/{0..3}.tar", "--port", "9000", "--max-k", "20"]
+    found = stage("serve")
+    parser = Parser(prog="mmembed serve")
+    add_stage_options(parser, found)
+    argv = ["--index", "idx", "--shards", "a/*.tar", "--shards", "b/{0..3}.tar", "c.tar", "--port", "9000"]
+    config = config_of(found, parser.parse_args([*argv, "--max-k", "20", "--threads", "2"]))
+    expected = ServeConfig(index_dir="idx", shards=("a/*.tar", "b/{0..3}.tar", "c.tar"), port=9000, max_k=20, threads=2)
+    assert config == expected and config.host == "127.0.0.1"
+
+
+def test_python_m_mmembed_serve_takes_the_same_options() -> None:
+    result = subprocess.run([sys.executable, "-m", "mmembed.serve", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "--torch-threads, --threads N" in text and "--shards SHARD [SHARD ...]" in text
+    refused = subprocess.run(
+        [sys.executable, "-m", "mmembed.serve", "--index", "idx", "--port", "70000"], capture_output=True, text=True
     )
-    config = config_from_args(args)
-    assert config == ServeConfig(index_dir="idx", shards=("a/*.tar", "b/{0..3}.tar"), port=9000, max_k=20)
-    assert config.host == "127.0.0.1"
+    assert refused.returncode == 2 and "serve: port must be within 0..65535" in refused.stderr

@@ -104,7 +104,8 @@ def test_index_and_sharded_index_in_a_bucket_equal_the_local_ones(
         assert without_timings(local) == without_timings(remote) and remote["count"] == N
         assert_same_index(str(tmp_path / name), f"{emb}/{name}")
     listed = sorted(u.removeprefix(f"{emb}/sharded/") for u in storage.glob(f"{emb}/sharded/**"))
-    assert listed == ["ids.parquet", "image.index", "image.ivfdata", "infos.json", "text.index", "text.ivfdata"]
+    expected = ["ids.parquet", "image.index", "image.ivfdata", "infos.json", "keywords.sqlite", "text.index"]
+    assert listed == [*expected, "text.ivfdata"]
 
 
 def test_eval_index_on_a_bucket_equals_local(
@@ -148,7 +149,8 @@ def test_search_a_bucket_index_with_text_and_image_queries(
         assert local == remote and len(remote) == 7
     versions = list((Path(cache_root())).glob("*/*"))
     assert len(versions) == 1, versions  # four searches, one download
-    assert sorted(p.name for p in versions[0].iterdir()) == ["ids.parquet", "image.index", "infos.json", "text.index"]
+    expected = ["ids.parquet", "image.index", "infos.json", "keywords.sqlite", "text.index"]
+    assert sorted(p.name for p in versions[0].iterdir()) == expected
 
 
 def test_append_in_a_bucket_equals_local_and_refetches_the_new_version(
@@ -177,6 +179,7 @@ def test_append_in_a_bucket_equals_local_and_refetches_the_new_version(
         assert len(list(Path(cache_root()).glob("*/*"))) == 1 + (name == "sharded")
         names = sorted(u.rsplit("/", 1)[1] for u in storage.glob(f"{remote_out}/*"))
         expected = ["ids.g00001.parquet", "image.g00001.index", "infos.json", "text.g00001.index"]
+        expected += ["keywords.g00001.sqlite"]
         if name == "sharded":
             expected += ["image.g00001.ivfdata", "text.g00001.ivfdata"]
         assert names == sorted(expected)  # generation 0 removed once infos.json named generation 1

@@ -1,4 +1,5 @@
-"""Real photos that scikit-image ships, with hand-written captions: offline test and benchmark data.
+"""Real photos that scikit-image ships, with hand-written captions: offline test and benchmark data
+(scikit-image is a ``dev`` dependency, not the library's).
 
 ``write_photo_folder`` writes each photo plus a few deterministic variants (flip, crop,
 re-encode) as JPEG/PNG files with sidecar captions, ready for ``mmembed make-shards --images``.
