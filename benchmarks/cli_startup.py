@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import child_env, interleaved, machine, machine_line, median, run_command, verdict  # noqa: E402
+from mmembed.stages import STAGES  # noqa: E402
 from tests.photos import write_photo_folder  # noqa: E402
 
-COMMANDS = ("embed", "make-shards", "train", "index", "eval-index", "search", "dedup", "serve", "run", "demo")
+COMMANDS = (*STAGES, "run", "demo")
 TINY = ["--model", "mmembed-tiny", "--random-init", "--device", "cpu"]
 
 

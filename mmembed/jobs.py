@@ -1,6 +1,6 @@
 """Job files: one YAML names a job, its config and its Beam options; ``mmembed run`` launches it.
 
-    job: embed                  # a stage of mmembed.stages: make-shards | embed | train | index | eval-index | dedup
+    job: embed                  # a stage of mmembed.stages (embed, index, dedup, export, ...)
     config: {...}               # the stage's config dataclass, field by field
     beam_options: {...}         # Beam stages only: pipeline options by name (runner, project, ...); none: local
     description: free text      # optional, ignored

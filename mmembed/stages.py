@@ -33,6 +33,7 @@ class Stage:
     beam: bool = False
     command_options: str | None = None  # "module:Class": the command's switches beside the config's fields
     skip: tuple[str, ...] = ()  # config fields (dotted paths) the command line leaves to their defaults
+    status: str | None = None  # "module:function": the run's summary -> exit status (0 when absent)
 
     def config_class(self) -> type:
         return _load(self.config)
@@ -42,6 +43,10 @@ class Stage:
 
     def options_class(self) -> type | None:
         return _load(self.command_options) if self.command_options else None
+
+    def exit_status(self, summary: Any) -> int:
+        """The exit status a run with this summary ends with (0 done, 3 finished with failed units, 2 refused)."""
+        return _load(self.status)(summary) if self.status else 0
 
     def handle(self, args: argparse.Namespace, extra: list[str]) -> int:
         """The CLI handler, imported now that this command runs."""
@@ -57,6 +62,7 @@ STAGES = {
             config="mmembed.config:MakeShardsConfig",
             run="mmembed.commands.embed:run_make_shards",
             handler="mmembed.commands.embed:make_shards",
+            status="mmembed.commands.embed:make_shards_status",
         ),
         Stage(
             "embed",
@@ -64,6 +70,7 @@ STAGES = {
             config="mmembed.config:EmbedJobConfig",
             run="mmembed.embed.job:run_job",
             handler="mmembed.commands.embed:embed",
+            status="mmembed.embed.summary:exit_status",
             beam=True,
         ),
         Stage(
@@ -114,6 +121,7 @@ STAGES = {
             config="mmembed.export.config:ExportConfig",
             run="mmembed.export.run:run",
             handler="mmembed.commands.export:export_command",
+            status="mmembed.commands.export:export_status",
         ),
         Stage(
             "serve",

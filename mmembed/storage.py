@@ -165,6 +165,15 @@ def read_bytes(url: str, start: int | None = None, end: int | None = None) -> by
         raise storage_error(url, exc) from exc
 
 
+def read_lines(url: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file (a queries file, say), stripped."""
+    try:
+        text = read_bytes(url).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{url} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def make_dirs(url: str) -> None:
     """Create a local directory (object stores have none to create)."""
     if is_local(url):

@@ -95,6 +95,13 @@ def test_make_shards_exits_3_when_inputs_were_skipped_and_2_when_nothing_was_wri
     (tmp_path / "empty").mkdir()
     assert main(["make-shards", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == 2
 
+    manifest.write_text("image,caption\nastronaut.jpg,an astronaut\nmissing.jpg,gone\n")  # as a job file: same status
+    job = tmp_path / "job.yaml"
+    config = {"manifest": str(manifest), "image_root": str(tmp_path / "photos"), "out": str(tmp_path / "d")}
+    job.write_text(json.dumps({"job": "make-shards", "config": config}))  # JSON is YAML
+    assert main(["run", str(job)]) == 3
+    assert "1 input(s) skipped" in capsys.readouterr().err
+
 
 def test_make_shards_names_shards_after_their_source_and_never_overwrites(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -1,1 +1,2 @@
-"""Sub-commands of ``mmembed``: each module registers its parsers with a handler ``(args, extra) -> exit code``."""
+"""Command handlers of ``mmembed``: the stages' handlers (``mmembed.stages`` builds their parsers from the
+stage configs) and the ``run`` and ``demo`` commands, which register their own parsers."""

@@ -41,14 +41,15 @@ def run_make_shards(config: MakeShardsConfig) -> dict[str, Any]:
 
 def make_shards(args: argparse.Namespace, extra: list[str]) -> int:
     result = run_make_shards(config_of(stage("make-shards"), args))
-    missing = result.pop("missing_images")
+    missing = result["missing_images"]
     print_json({**result, "missing_images": len(missing), "missing_examples": missing[:20]})
-    return make_shards_status(result["samples"], missing)
+    return make_shards_status(result)
 
 
-def make_shards_status(written: int, missing: list[str]) -> int:
+def make_shards_status(result: dict[str, Any]) -> int:
     """2 when no sample could be written, 3 when some inputs were skipped (named on stderr), else 0."""
-    if not written:
+    missing = result["missing_images"]
+    if not result["samples"]:
         print("mmembed make-shards: error: no sample could be written; check the input path", file=sys.stderr)
         return 2
     if missing:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from mmembed.commands.output import print_json
 from mmembed.stages import config_of, stage
@@ -17,6 +18,11 @@ def export_command(args: argparse.Namespace, extra: list[str]) -> int:
 
     summary = run(config_of(stage("export"), args))
     print_json(summary)
+    return export_status(summary)
+
+
+def export_status(summary: dict[str, Any]) -> int:
+    """3 (naming the first unreadable sample on stderr) when some selected samples could not be read, else 0."""
     if summary["errors"]:
         print(
             f"mmembed export: {summary['errors']} of {summary['selected']} samples could not be read (first: "

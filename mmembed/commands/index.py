@@ -70,10 +70,10 @@ def run_eval_index(config: EvalIndexConfig) -> dict[str, Any]:
         files = open_files([s["path"] for s in loaded.infos["sources"]["files"]])
     text_queries = None
     if config.queries_file:
-        lines = [line.strip() for line in storage.read_bytes(config.queries_file).decode("utf-8").splitlines()]
+        lines = storage.read_lines(config.queries_file)
         where = f"index {config.index_dir}"
         encoder = QueryEncoder.for_provenance(loaded.infos["provenance"], where, device=config.device)
-        text_queries = encoder.encode_texts([line for line in lines if line])
+        text_queries = encoder.encode_texts(lines)
     result = evaluate_directions(loaded.image.index, files, config.queries, seed=config.seed, text_queries=text_queries)
     result["index_key"] = loaded.infos["index_key"]
     result["count"] = loaded.infos["count"]

@@ -36,8 +36,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print_json(job.describe())
         return 0
     result = run_job(job)
+    shown = result
     if job.kind == "index":
         keys = ("count", "dim", "index_key", "parts", "build_seconds")
-        result = {**{k: result[k] for k in keys if k in result}, "out_dir": job.config.index.out_dir}
-    print_json({k: v for k, v in result.items() if k not in ("provenance", "config")})
-    return 0
+        shown = {**{k: result[k] for k in keys if k in result}, "out_dir": job.config.index.out_dir}
+    print_json({k: v for k, v in shown.items() if k not in ("provenance", "config")})
+    return STAGES[job.kind].exit_status(result)

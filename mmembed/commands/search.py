@@ -65,8 +65,7 @@ def _text_queries(text: str | None, queries_file: str | None) -> list[str]:
 
     queries = [text] if text else []
     if queries_file:
-        lines = storage.read_bytes(queries_file).decode("utf-8").splitlines()
-        queries += [line.strip() for line in lines if line.strip()]
+        queries += storage.read_lines(queries_file)
     if not queries:
         raise ValueError("no query: give a text, --image FILE or --queries-file FILE")
     return queries

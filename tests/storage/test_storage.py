@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from mmembed import storage
+from mmembed.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,6 +89,7 @@ def test_an_unknown_protocol_is_a_clear_error() -> None:
 SLOW_UPLOAD = """
 import sys, time
 from mmembed import storage
+from mmembed.config import ConfigError
 def slowly(f):
     for _ in range(16):
         f.write(b"y" * (4 << 20))
@@ -111,3 +113,12 @@ def test_a_killed_upload_leaves_no_object(bucket: str) -> None:
     uploads = boto3.client("s3").list_multipart_uploads(Bucket=bucket.removeprefix("s3://")).get("Uploads", [])
     assert [u["Key"] for u in uploads] == ["killed.bin"]  # parts had reached the server ...
     assert not storage.exists(url) and storage.glob(f"{bucket}/*") == []  # ... but no object appeared
+
+
+def test_read_lines_strips_and_skips_blank_lines_and_names_a_non_utf8_file(tmp_path: Path) -> None:
+    queries = tmp_path / "queries.txt"
+    queries.write_bytes(b"  a red car \n\n\t\nsnow\r\n")
+    assert storage.read_lines(str(queries)) == ["a red car", "snow"]
+    queries.write_bytes(b"caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"queries\.txt is not UTF-8 text .* save it as UTF-8"):
+        storage.read_lines(str(queries))
