@@ -57,6 +57,18 @@ def demo_shards(demo_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return result["shards"]
 
 
+@pytest.fixture(scope="session")
+def served_index(demo_shards: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo shards embedded with the tiny model and indexed (read-only for tests); returns the index dir."""
+    from mmembed.index import IndexBuildConfig, build_index
+    from tests.helpers import embed
+
+    emb = tmp_path_factory.mktemp("served_emb")
+    embed(demo_shards, emb, TINY)
+    build_index(IndexBuildConfig(embeddings_dir=str(emb), out_dir=str(emb / "index")))
+    return emb / "index"
+
+
 @pytest.fixture
 def tiny_config() -> EncoderConfig:
     """The bundled tiny OpenCLIP config with seeded random weights, on CPU."""

@@ -14,24 +14,13 @@ from PIL import Image
 
 from mmembed.cli import main
 from mmembed.config import DEFAULT_TEXT_WEIGHT, ConfigError
-from mmembed.index import IndexBuildConfig, build_index
 from mmembed.search import Searcher, SearchHit
 from mmembed.serve.models import Hit
-from tests.conftest import TINY
-from tests.helpers import embed
 
 
 @pytest.fixture(scope="module")
-def index_dir(demo_shards: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    emb = tmp_path_factory.mktemp("api")
-    embed(demo_shards, emb, TINY)
-    build_index(IndexBuildConfig(embeddings_dir=str(emb), out_dir=str(emb / "index")))
-    return emb / "index"
-
-
-@pytest.fixture(scope="module")
-def searcher(index_dir: Path) -> Searcher:
-    return Searcher.from_dir(index_dir, device="cpu")
+def searcher(served_index: Path) -> Searcher:
+    return Searcher.from_dir(served_index, device="cpu")
 
 
 def photo(folder: Path, stem: str) -> Path:
@@ -99,8 +88,8 @@ def test_keyword_mode_finds_caption_words(searcher: Searcher) -> None:
         searcher.search_text("rocket", mode="fuzzy")
 
 
-def test_the_cli_takes_where_and_mode(index_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    index = ["--index", str(index_dir), "--json"]
+def test_the_cli_takes_where_and_mode(served_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    index = ["--index", str(served_index), "--json"]
     hits = run_json(capsys, "search", "coins", "--mode", "keyword", "-k", "3", *index)
     assert [h["caption"] for h in hits] == ["old coins laid out on a dark background"] * 2
     assert hits[0]["metadata"]["source"] == "skimage.data.coins" and hits[0]["width"] > 0

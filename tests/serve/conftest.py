@@ -15,24 +15,12 @@ import httpx
 import pytest
 import torch
 
-from mmembed.index import IndexBuildConfig, build_index
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.server import running
-from tests.conftest import TINY
-from tests.helpers import embed
 
 MAX_K = 50
 MAX_UPLOAD = 4 * 1024 * 1024
 MAX_QUERY = 200
-
-
-@pytest.fixture(scope="session")
-def served_index(demo_shards: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo shards embedded with the tiny model and indexed; returns the index dir."""
-    emb = tmp_path_factory.mktemp("serve_emb")
-    embed(demo_shards, emb, TINY)
-    build_index(IndexBuildConfig(embeddings_dir=str(emb), out_dir=str(emb / "index")))
-    return emb / "index"
 
 
 @pytest.fixture(scope="session")
