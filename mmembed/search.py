@@ -126,6 +126,7 @@ class Searcher:
         (vector, keyword or hybrid), among the samples ``where`` holds for."""
         texts = [queries] if isinstance(queries, str) else list(queries)
         self._check(k, target, mode)
+        self.rows_where(where)  # a bad condition is refused before the model loads (the result is kept)
         vectors = None if mode == "keyword" else self.encoder.encode_texts(texts)
         return self.search_encoded(texts, vectors, k, target, where, mode)
 
@@ -165,6 +166,7 @@ class Searcher:
         """Image queries: each a path, an object-store URL, file bytes, a PIL image or an H x W x 3 uint8
         array, alone or in a list; with ``text``, a composed query, ``text_weight`` of it from the text."""
         self._check(k, target, "vector")
+        self.rows_where(where)  # a bad condition is refused before the model loads (the result is kept)
         items = [images] if isinstance(images, str | Path | bytes | Image.Image | np.ndarray) else list(images)
         vectors = self.encoder.encode_images([_image(item, i) for i, item in enumerate(items)])
         if text is not None:

@@ -6,10 +6,12 @@ benchmarks share one loading and embedding path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import pickle
+from collections.abc import Iterator
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
@@ -300,7 +302,8 @@ def create_model(config: EncoderConfig, device: str) -> torch.nn.Module:
     weights = config.pretrained or config.checkpoint
     try:
         local = storage.cached_copy(config.checkpoint) if config.checkpoint else config.pretrained
-        model = open_clip.create_model(config.model, pretrained=local, device=device)
+        with _without_random_init_notice():
+            model = open_clip.create_model(config.model, pretrained=local, device=device)
     except (RuntimeError, OSError, ValueError) as exc:
         raise RuntimeError(
             f"model {config.model} ({weights or 'random init'}): weights could not be loaded ({exc}); fix: on a "
@@ -313,6 +316,24 @@ def create_model(config: EncoderConfig, device: str) -> torch.nn.Module:
         raise RuntimeError(f"model {config.model}: preprocessing {actual} differs from the resolved {expected}")
     log.info("loaded %s (%s) on %s", config.model, weights or "random init", device)
     return model
+
+
+class _RandomInitNotice(logging.Filter):
+    """open_clip's root-logger warning for a model built without weights: random weights are only ever asked
+    for (--random-init), and mmembed says once itself what they mean (``schema.warn_if_random_weights``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _without_random_init_notice() -> Iterator[None]:
+    notice = _RandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
 
 
 class OpenClipEncoder:

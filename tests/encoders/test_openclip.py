@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mmembed.encoders.openclip import (
     CaptionTokenizer,
     ImagePreprocessor,
     OpenClipEncoder,
+    create_model,
     provenance,
     register_bundled_configs,
     resolve_device,
@@ -164,3 +166,13 @@ def test_cuda_embeddings_match_cpu(tiny_config: EncoderConfig) -> None:
     half_config = replace(tiny_config, device="cuda", precision="auto")
     half = encoder_embeddings(OpenClipEncoder.load(half_config), half_config, CAPTIONS)
     assert np.min(np.sum(half[0] * cpu[0], axis=1)) > 0.99
+
+
+def test_random_init_does_not_repeat_open_clip_s_root_warning(
+    tiny_config: EncoderConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        create_model(tiny_config, "cpu")
+        logging.warning("No pretrained weights loaded for a model outside mmembed")  # the filter is gone again
+    notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("No pretrained weights")]
+    assert notices == ["No pretrained weights loaded for a model outside mmembed"]
