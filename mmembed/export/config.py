@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmembed.config import DEVICES, MAX_K, TARGETS, ConfigError
+from mmembed.config import DEVICES, MAX_K, SEARCH_MODES, TARGETS, ConfigError
 from mmembed.options import option
 
 DEFAULT_K = 100  # samples a query exports when -k is not given
@@ -34,6 +34,11 @@ class ExportConfig:
         metavar="EXPR",
         help='SQL condition over the index\'s columns, e.g. "width >= 512"; alone, it selects every match',
     )
+    mode: str = option(
+        "vector",
+        choices=SEARCH_MODES,
+        help="how --query ranks: vector (embeddings), keyword (caption words, phrases, prefixes) or hybrid (both)",
+    )
     min_score: float | None = option(None, metavar="S", help="with a query: drop hits of lower cosine similarity")
     k: int | None = option(
         None, flag="-k", metavar="N", help=f"at most N samples (default: {DEFAULT_K} with a query, every match without)"
@@ -51,7 +56,16 @@ class ExportConfig:
         for flag, value in (("--query", self.query), ("--image", self.image), ("--where", self.where)):
             if value is not None and not value.strip():
                 raise ConfigError(f"{flag} is empty; give a non-empty value or leave the flag out")
+        if self.mode not in SEARCH_MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(SEARCH_MODES)}, got {self.mode!r}")
+        if self.mode != "vector" and self.query is None:
+            raise ConfigError(f"--mode {self.mode} ranks a --query TEXT; give one, or leave --mode at vector")
         if self.min_score is not None:
+            if self.mode != "vector":
+                raise ConfigError(
+                    f"--min-score is a cosine similarity, which --mode {self.mode} does not give; use -k to bound "
+                    "the export, or --mode vector"
+                )
             if not self.has_query:
                 raise ConfigError("--min-score needs a --query or --image: --where alone gives no scores")
             if not -1.0 <= self.min_score <= 1.0:

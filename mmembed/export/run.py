@@ -105,6 +105,7 @@ def run(config: ExportConfig) -> dict[str, Any]:
         "min_score": config.min_score,
         "k": config.limit,
         "target": config.target if config.has_query else None,
+        "mode": config.mode if config.query is not None else None,
         "index": config.index_dir,
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -143,7 +144,7 @@ def _select(config: ExportConfig, index: IndexSet) -> tuple[list[Selected], int]
     searcher = Searcher(index, device=config.device)
     filters = {"where": config.where} if config.where else {}
     if config.query is not None:
-        hits = searcher.search_text(config.query, config.limit, config.target, **filters)[0]
+        hits = searcher.search_text(config.query, config.limit, config.target, mode=config.mode, **filters)[0]
     else:
         hits = searcher.search_image(config.image, config.limit, config.target, **filters)[0]
     kept = [h for h in hits if config.min_score is None or h.score >= config.min_score]
@@ -225,7 +226,8 @@ def _row(config: ExportConfig, sample: Selected) -> dict[str, Any]:
     """A manifest row for ``sample`` before it is read: identity, rank, score, query and why it was taken."""
     if config.has_query:
         flag = "--query" if config.query is not None else "--image"
-        why = [f"rank {sample.rank} of {flag} on the {config.target} index"]
+        ranked_by = "" if config.mode == "vector" else f" ({config.mode} ranking)"
+        why = [f"rank {sample.rank} of {flag}{ranked_by} on the {config.target} index"]
         if config.min_score is not None:
             why.append(f"score {sample.score:.4f} >= --min-score {config.min_score}")
     else:

@@ -152,6 +152,20 @@ def test_min_score_and_k_cut_the_hits(dataset: Dataset, tmp_path: Path) -> None:
     assert_copies(rows, exported(tmp_path / "k"))
 
 
+def test_a_keyword_query_exports_the_captions_that_hold_its_phrase(dataset: Dataset, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = run(config(dataset, out, query='"of the" OR astro*', mode="keyword"))
+    rows = manifest(out)
+    assert {(r["source_shard"], r["source_key"]) for r in rows} == {("a-00000", "000000"), ("b-00000", "000000")}
+    assert rows[0]["selected_by"].startswith("rank 1 of --query (keyword ranking) on the image index")
+    assert summary["mode"] == "keyword" and summary["exported"] == 2
+    assert_copies(rows, exported(out))
+    with pytest.raises(ConfigError, match="--min-score is a cosine similarity, which --mode hybrid does not give"):
+        config(dataset, out, query="moon", mode="hybrid", min_score=0.1)
+    with pytest.raises(ConfigError, match="--mode keyword ranks a --query TEXT"):
+        config(dataset, out, where="true", mode="keyword")
+
+
 def test_a_second_run_into_a_non_empty_out_is_refused_unless_overwrite(
     dataset: Dataset, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
