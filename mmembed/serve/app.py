@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
@@ -100,6 +101,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    if config.cors_origins:  # browsers let pages of these origins read the answers (clip-front hosted elsewhere)
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees the limit's 413s too
     _add_error_handlers(app)
 

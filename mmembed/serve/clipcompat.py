@@ -34,8 +34,8 @@ Mapping:
   Header ``X-Ignored-Options`` lists those a request asked for.
 - Stricter than clip_back: exactly one query input (clip_back silently picks one), an unknown ``indice_name`` is
   a 404 naming the served one (missing or null means it), out-of-range ids are a 404.
-- No CORS headers: a page on another origin (a hosted clip-front) cannot read the answers; serve it from the
-  same origin (a reverse proxy) instead.
+- CORS: none by default, so a page on another origin cannot read the answers; ``--cors-origin ORIGIN`` lets a
+  clip-front hosted there call this server (``app.py``).
 """
 
 from __future__ import annotations

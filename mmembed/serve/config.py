@@ -3,6 +3,7 @@ fields are the command's options (``mmembed.options``); light, as ``mmembed --he
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mmembed.config import DEVICES, MAX_K, ConfigError
@@ -44,6 +45,14 @@ class ServeConfig:
     thumbnail_cache_items: int = option(
         2048, flag="--thumbnail-cache", metavar="N", help="encoded thumbnails kept in memory (LRU)"
     )
+    cors_origins: tuple[str, ...] = option(
+        (),
+        flag="--cors-origin",
+        metavar="ORIGIN",
+        help="a web origin (scheme://host[:port]) whose pages may call this API, e.g. a clip-front served elsewhere; "
+        "several values, repeatable; '*' for any (then any site a user visits can read the index). Default: "
+        "same origin only",
+    )
     checkpoint: str | None = option(None, help="where the recorded model's checkpoint file is now, if it moved")
     device: str = option(
         "cpu", choices=DEVICES, help="where queries are encoded (cpu serves small models fastest; cuda must exist)"
@@ -56,6 +65,15 @@ class ServeConfig:
         if isinstance(self.shards, str):
             object.__setattr__(self, "shards", (self.shards,))
         object.__setattr__(self, "shards", tuple(self.shards))
+        if isinstance(self.cors_origins, str):
+            object.__setattr__(self, "cors_origins", (self.cors_origins,))
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ConfigError(
+                    f"serve: --cors-origin {origin!r} is not an origin; give scheme://host[:port] without a path, "
+                    "e.g. --cors-origin https://example.org, or '*'"
+                )
         checks = [
             (0 <= self.port <= 65535, f"port must be within 0..65535, got {self.port}"),
             (1 <= self.max_k <= MAX_K, f"max_k must be within 1..{MAX_K}, got {self.max_k}"),

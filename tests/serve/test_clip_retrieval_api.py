@@ -12,6 +12,7 @@ import json
 import sys
 import types
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmembed.config import ConfigError
 from mmembed.index import IndexBuildConfig, build_index
 from mmembed.serve.clipcompat import DUPLICATE_SIMILARITY, index_name, near_duplicates, repeated, stored_vectors
 from mmembed.serve.config import ServeConfig
@@ -310,6 +312,22 @@ def test_an_index_without_its_vectors_drops_exact_duplicates(
         assert [r["id"] for r in response.json()] == [plain[0]["id"]] + [r["id"] for r in plain[2:]]
         images = knn(client, {**body, "modality": "image"})
         assert images.status_code == 200 and images.headers["x-deduplicated-by"] == "sha256"
+
+
+def test_only_named_origins_may_read_the_answers(client: httpx.Client, serve_config: ServeConfig) -> None:
+    front, other = "https://front.example", "https://elsewhere.example"
+    preflight = {"Origin": front, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x"}
+    body = client_body(text=ROCKET, num_images=1)
+    default = client.post("/knn-service", json=body, headers={"Origin": front})
+    assert default.status_code == 200 and "access-control-allow-origin" not in default.headers
+    with other_server(serve_config, cors_origins=(front,)) as allowed:
+        assert allowed.options("/knn-service", headers=preflight).headers["access-control-allow-origin"] == front
+        answer = allowed.post("/knn-service", json=body, headers={"Origin": front})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == front
+        stranger = allowed.post("/knn-service", json=body, headers={"Origin": other})
+        assert "access-control-allow-origin" not in stranger.headers
+    with pytest.raises(ConfigError, match=r"--cors-origin 'front\.example/x' is not an origin"):
+        replace(serve_config, cors_origins=("front.example/x",))
 
 
 # --- the real client ----------------------------------------------------------------------------------------
