@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mmembed import options
+from mmembed.beam import runs_locally
 from mmembed.beam.dedup import (
     NAMESPACE,
     VECTORS,
@@ -70,7 +71,7 @@ def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pip
     runner and the Beam counters)."""
     began = time.perf_counter()
     beam_args = list(beam_args or [])
-    local = test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args)
+    local = runs_locally(beam_args, test_pipeline)
     files = open_embeddings(config.embeddings_dir)
     config = config.for_embeddings(files.provenance)
     sem_on = "semantic" in config.methods

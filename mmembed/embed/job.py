@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mmembed import storage
+from mmembed.beam import runs_locally
 from mmembed.config import EmbedJobConfig, default_cpu_inference_threads
 from mmembed.embed.resume import job_settings, plan_resume, read_shard_outputs
 from mmembed.embed.summary import exit_status, first_error_reasons, report, summarize
@@ -51,7 +52,7 @@ def run_job(config: EmbedJobConfig, beam_args: list[str] | None = None, test_pip
     prov["decoder"] = config.decode.decoder  # cpu (Pillow on the readers) or gpu (JPEGs on the model's device)
     settings = job_settings(config.decode)
     plan = plan_resume(config.out, sources, prov, settings, config.overwrite)  # may refuse: nothing changed yet
-    if plan.todo and (test_pipeline is not None or not any(a.startswith("--runner") for a in beam_args)):
+    if plan.todo and runs_locally(beam_args, test_pipeline):
         config = resolve_local_settings(config)  # torch and open_clip: only when there is work
     storage.check_writable(config.out)  # after every check that can refuse: a refused run creates nothing
     removed = sum(storage.remove_temporaries(join(config.out, d)) for d in (EMBEDDINGS_DIR, ERRORS_DIR))

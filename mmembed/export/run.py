@@ -142,11 +142,10 @@ def _select(config: ExportConfig, index: IndexSet) -> tuple[list[Selected], int]
     from mmembed.search import Searcher
 
     searcher = Searcher(index, device=config.device)
-    filters = {"where": config.where} if config.where else {}
     if config.query is not None:
-        hits = searcher.search_text(config.query, config.limit, config.target, mode=config.mode, **filters)[0]
+        hits = searcher.search_text(config.query, config.limit, config.target, config.where, config.mode)[0]
     else:
-        hits = searcher.search_image(config.image, config.limit, config.target, **filters)[0]
+        hits = searcher.search_image(config.image, config.limit, config.target, where=config.where)[0]
     kept = [h for h in hits if config.min_score is None or h.score >= config.min_score]
     return [Selected(h.shard, h.key, h.offset, h.rank, h.score) for h in kept], len(hits) - len(kept)
 

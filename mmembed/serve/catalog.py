@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from mmembed import storage
 from mmembed.index import IndexSet
 from mmembed.outputs import EMBEDDINGS_DIR
-from mmembed.search import parse_metadata as _parse_json
+from mmembed.search import parse_metadata
 
 log = logging.getLogger(__name__)
 EXTRA_COLUMNS = ("key", "metadata", "width", "height", "sha256")
@@ -99,7 +99,7 @@ class Catalog:
         if row["key"] != key:  # the file was rewritten since the index was built
             return empty
         return {
-            "metadata": _parse_json(row["metadata"]),
+            "metadata": parse_metadata(row["metadata"]),
             "width": row["width"],
             "height": row["height"],
             "sha256": row["sha256"],
