@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmembed.encoders.openclip import embedding_dim, provenance
 from mmembed.index import IndexBuildConfig, build_index
-from mmembed.serve.catalog import _parse_json
+from mmembed.search import parse_metadata
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.server import running
 from tests.conftest import TINY
@@ -116,8 +116,8 @@ def test_without_text_vectors_caption_search_is_a_clear_422(servers: dict[str, s
 
 
 def test_metadata_with_nan_stays_valid_json() -> None:
-    assert _parse_json('{"aesthetic": NaN, "w": Infinity, "ok": 1.5}') == {"aesthetic": None, "w": None, "ok": 1.5}
-    assert _parse_json("not json") == "not json" and _parse_json(None) is None
+    assert parse_metadata('{"aesthetic": NaN, "w": Infinity, "ok": 1.5}') == {"aesthetic": None, "w": None, "ok": 1.5}
+    assert parse_metadata("not json") == "not json" and parse_metadata(None) is None
 
 
 def test_page_shows_no_caption_where_there_is_none(page, servers: dict[str, str]) -> None:  # noqa: ANN001
