@@ -117,7 +117,7 @@ def draw_results(results: dict, shards_dir: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from mmembed.serve.thumbnails import read_member_at
+    from mmembed.tarread import read_member_at
 
     columns = max(len(hits) for hits in results.values())
     fig, axes = plt.subplots(len(results), columns, figsize=(1.3 * columns, 1.6 * len(results)), squeeze=False)

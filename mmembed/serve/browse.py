@@ -14,7 +14,7 @@ from mmembed.config import ConfigError
 from mmembed.search import SearchHit
 from mmembed.serve.models import WHERE_HELP, Hit, RequestError, SampleRef, SearchResponse
 from mmembed.serve.service import SearchService
-from mmembed.serve.thumbnails import ThumbnailUnavailable
+from mmembed.tarread import SampleUnavailable
 
 MAX_SEED = 2**63 - 1
 
@@ -70,7 +70,7 @@ async def search_like(
     item = service.item(like.shard, like.key)  # a 404 naming the sample when the index has no such sample
     try:
         data = await run_in_threadpool(service.thumbnails.image, item.shard, item.offset, item.key)
-    except ThumbnailUnavailable as exc:
+    except SampleUnavailable as exc:
         raise RequestError(exc.status, f"cannot search like this sample: {exc}") from None
     limit = service.config.max_upload_bytes
     if len(data) > limit:

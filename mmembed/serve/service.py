@@ -39,8 +39,9 @@ from mmembed.serve.catalog import Catalog
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.metrics import Metrics
 from mmembed.serve.models import Hit, Item, RequestError, SearchResponse
-from mmembed.serve.thumbnails import ThumbnailStore, ThumbnailUnavailable
+from mmembed.serve.thumbnails import ThumbnailStore
 from mmembed.shards import check_unique_names, list_shards, shard_name
+from mmembed.tarread import SampleUnavailable
 
 log = logging.getLogger(__name__)
 MAX_KEY_CHARS = 4096
@@ -304,7 +305,7 @@ class SearchService:
         pixels = self.config.thumbnail_size if size == "small" else self.config.detail_size
         try:
             data, cached = self.thumbnails.get(row["shard"], row["offset"], row["key"], pixels)
-        except ThumbnailUnavailable as exc:
+        except SampleUnavailable as exc:
             raise RequestError(exc.status, str(exc)) from None
         self.metrics.thumbnail_cache.labels("hit" if cached else "miss").inc()
         return data

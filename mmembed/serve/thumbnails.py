@@ -7,7 +7,7 @@ before it gives the member's size and name. One range read takes the header and 
 after it (most images fit: one request, one round trip to an object store); a larger image costs a second range
 read for the rest. Every read goes through ``mmembed.storage.read_bytes``:
 a ranged GET on ``s3://`` / ``gs://``, a seek and read on a local file. A gzip-compressed shard (``.tar.gz``)
-cannot be seeked: its images get no thumbnail (``ThumbnailUnavailable``, served as a 404 with that reason)
+cannot be seeked: its images get no thumbnail (``SampleUnavailable``, served as a 404 with that reason)
 rather than a decompression of the shard up to the offset on every cache miss. Encoded thumbnails are kept in
 a bounded LRU cache.
 
@@ -26,17 +26,9 @@ from collections.abc import Callable
 
 from mmembed.config import DecodeConfig
 from mmembed.decode import DecodeError, decode_image
-from mmembed.tarread import (  # noqa: F401 - FIRST_READ, read_member_at: this module's API before they moved
-    FIRST_READ,
-    GZIP_SUFFIXES,
-    SampleUnavailable,
-    read_member,
-    read_member_at,
-    read_range,
-)
+from mmembed.tarread import GZIP_SUFFIXES, SampleUnavailable, read_member, read_range
 
 log = logging.getLogger(__name__)
-ThumbnailUnavailable = SampleUnavailable  # no thumbnail for this sample: why, what to do, and the HTTP status
 
 
 class LRUCache:
@@ -102,7 +94,7 @@ class ThumbnailStore:
     def get(self, shard: str, offset: int, key: str, size: int) -> tuple[bytes, bool]:
         """(JPEG thumbnail of the image member at ``offset`` in ``shard``, whether it came from the cache).
 
-        Raises ThumbnailUnavailable when there is none (unknown, gzip or unreadable shard, shard changed,
+        Raises SampleUnavailable when there is none (unknown, gzip or unreadable shard, shard changed,
         not decodable).
         """
         cache_key = (shard, offset, size)
@@ -113,7 +105,7 @@ class ThumbnailStore:
         try:
             thumb = make_thumbnail(data, size, self.max_pixels)
         except DecodeError as exc:
-            raise ThumbnailUnavailable(f"sample {key}: {exc}") from None
+            raise SampleUnavailable(f"sample {key}: {exc}") from None
         self.cache.put(cache_key, thumb)
         return thumb, False
 
@@ -121,12 +113,12 @@ class ThumbnailStore:
         """The stored bytes of the image member at ``offset`` in ``shard`` (range reads, never the whole shard)."""
         url = self.shard_urls.get(shard)
         if url is None:
-            raise ThumbnailUnavailable(
+            raise SampleUnavailable(
                 f"sample {key}: the server does not know where shard {shard!r} is; start it with "
                 "--shards 'path/to/shards/*.tar' (the shards that were embedded)"
             )
         if url.endswith(GZIP_SUFFIXES):
-            raise ThumbnailUnavailable(
+            raise SampleUnavailable(
                 f"sample {key}: shard {shard!r} is gzip-compressed, which cannot be seeked; thumbnails need "
                 "uncompressed .tar shards (fix: gunzip the shards and pass the .tar files with --shards)"
             )
@@ -136,17 +128,17 @@ class ThumbnailStore:
             raise _unreadable(shard, key, url, exc) from None
 
 
-def _unreadable(shard: str, key: str, url: str, exc: Exception) -> ThumbnailUnavailable:
+def _unreadable(shard: str, key: str, url: str, exc: Exception) -> SampleUnavailable:
     """The client's error for a shard that could not be read: the sample and the kind of failure, no URL and
     no storage message (they may name buckets and paths); the log gets both, for the operator."""
     log.warning("sample %s: cannot read shard %s: %s", key, url, exc)
     if isinstance(exc, FileNotFoundError):
-        return ThumbnailUnavailable(
+        return SampleUnavailable(
             f"sample {key}: cannot read shard {shard!r}: its file, object or bucket is missing from the storage "
             "(fix: restore it, or restart the server with --shards pointing at the shards that were embedded; "
             "the server log names the URL)"
         )
-    return ThumbnailUnavailable(
+    return SampleUnavailable(
         f"sample {key}: cannot read shard {shard!r}: the storage failed ({type(exc).__name__}); try again, "
         "and if it persists see the server log",
         status=502,

@@ -16,16 +16,9 @@ from mmembed.config import ConfigError
 from mmembed.options import Parser
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.service import shard_map
-from mmembed.serve.thumbnails import (
-    FIRST_READ,
-    LRUCache,
-    ThumbnailStore,
-    ThumbnailUnavailable,
-    read_member,
-    read_member_at,
-    read_range,
-)
+from mmembed.serve.thumbnails import LRUCache, ThumbnailStore
 from mmembed.stages import add_stage_options, config_of, stage
+from mmembed.tarread import FIRST_READ, SampleUnavailable, read_member, read_member_at, read_range
 from tests.tarmaker import jpeg_bytes, write_tar
 
 
@@ -97,13 +90,13 @@ def test_long_member_names_are_read_too(tmp_path: Path, fmt: int) -> None:
 def test_an_offset_that_no_longer_matches_is_refused(shard: Path) -> None:
     offsets = data_offsets(shard)
     reads = RangeLog(shard)
-    with pytest.raises(ThumbnailUnavailable, match="changed since it was embedded"):
+    with pytest.raises(SampleUnavailable, match="changed since it was embedded"):
         read_member(reads, offsets["000001.jpg"], "000000")  # another sample's member
-    with pytest.raises(ThumbnailUnavailable, match="no tar header"):
+    with pytest.raises(SampleUnavailable, match="no tar header"):
         read_member(reads, offsets["000001.jpg"] + 512, "000001")  # inside the data
-    with pytest.raises(ThumbnailUnavailable, match="not the start"):
+    with pytest.raises(SampleUnavailable, match="not the start"):
         read_member(reads, 700, "000001")
-    with pytest.raises(ThumbnailUnavailable, match="no tar header"):
+    with pytest.raises(SampleUnavailable, match="no tar header"):
         read_member(reads, 512 * 10**6, "000001")  # beyond the end: the shard was cut since
 
 
@@ -115,12 +108,12 @@ def test_store_resizes_caches_and_explains_failures(shard: Path) -> None:
     assert store.get("00007", offsets["000000.jpg"], "000000", 64) == (thumb, True)
     store.get("00007", offsets["000001.jpg"], "000001", 64)  # evicts the first (cache of one)
     assert store.get("00007", offsets["000000.jpg"], "000000", 64)[1] is False
-    with pytest.raises(ThumbnailUnavailable, match="not a decodable image"):
+    with pytest.raises(SampleUnavailable, match="not a decodable image"):
         store.get("00007", offsets["000002.jpg"], "000002", 64)
-    with pytest.raises(ThumbnailUnavailable, match="--shards"):
+    with pytest.raises(SampleUnavailable, match="--shards"):
         store.get("00008", 512, "000000", 64)
     missing = ThumbnailStore({"00007": str(shard.with_name("gone.tar"))}, 4)
-    with pytest.raises(ThumbnailUnavailable, match="cannot read shard '00007': its file, object or bucket") as info:
+    with pytest.raises(SampleUnavailable, match="cannot read shard '00007': its file, object or bucket") as info:
         missing.get("00007", 512, "000000", 64)
     assert info.value.status == 404 and "gone.tar" not in str(info.value)  # the client is not told the path
 
@@ -130,7 +123,7 @@ def test_a_storage_failure_is_a_502_without_the_storage_message(shard: Path) -> 
         raise PermissionError(13, f"Access Denied (while reading {url})")
 
     store = ThumbnailStore({"00007": "s3://private-bucket/secret/00007.tar"}, 4, failing)
-    with pytest.raises(ThumbnailUnavailable, match="the storage failed") as info:
+    with pytest.raises(SampleUnavailable, match="the storage failed") as info:
         store.get("00007", data_offsets(shard)["000000.jpg"], "000000", 64)
     assert info.value.status == 502 and "private-bucket" not in str(info.value)
 

@@ -28,7 +28,8 @@ from mmembed.index import load_index
 from mmembed.serve.catalog import Catalog
 from mmembed.serve.config import ServeConfig
 from mmembed.serve.server import running
-from mmembed.serve.thumbnails import FIRST_READ, make_thumbnail, read_range
+from mmembed.serve.thumbnails import make_thumbnail
+from mmembed.tarread import FIRST_READ, read_range
 from tests.objectstore import create_bucket
 from tests.serve.conftest import restoring_threads
 
