@@ -15,7 +15,6 @@ launcher and every worker reach: on a cluster, use an object store.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from mmembed import options
 from mmembed.beam import runs_locally
 from mmembed.beam.dedup import (
     NAMESPACE,
@@ -109,16 +107,6 @@ def run_config(config: DedupConfig, beam_args: list[str] | None = None, test_pip
 
     extra = {"runner": "beam", "beam_counters": counters}
     return finish(config, files, out, columns, links, sem, vectors_of, device, began, extra)
-
-
-def add_dedup_arguments(parser: argparse.ArgumentParser) -> None:
-    """The dedup stage's options (``DedupConfig``'s fields) on ``parser``, for callers with their own parser."""
-    options.add_options(parser, DedupConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> DedupConfig:
-    """The dedup config that options parsed by ``add_dedup_arguments`` describe."""
-    return options.config_from_args(DedupConfig, args)
 
 
 def run(argv: list[str] | None = None, test_pipeline: Any = None) -> dict[str, Any]:

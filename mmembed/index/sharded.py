@@ -33,7 +33,7 @@ from mmembed import storage
 from mmembed.config import ConfigError
 from mmembed.index.build import new_index, resolve_device, train
 from mmembed.index.choose import IndexChoice, choose_index, estimate_memory
-from mmembed.index.config import WORK_DIR, IndexBuildConfig, ShardedBuildConfig  # noqa: F401 - re-exported
+from mmembed.index.config import IndexBuildConfig, ShardedBuildConfig
 from mmembed.index.evaluate import batch_neighbours, evaluate_index
 from mmembed.index.job import EVAL_KS, for_each_index, peak_memory_bytes, sample_plan, text_infos
 from mmembed.index.keywords import build_keywords

@@ -15,7 +15,8 @@ from mmembed.dedup import DedupConfig, run_dedup
 from mmembed.dedup.outputs import DUPLICATES_FILE, HISTOGRAM_FILE, KEEP_FILE, SUMMARY_FILE
 from mmembed.index.evaluate import sample_rows
 from mmembed.index.reader import EmbeddingsReadError
-from pipelines.dedup import config_from_args, run
+from mmembed.stages import parse_pipeline_args
+from pipelines.dedup import run
 from tests.dedup.synth import near_copy, random_phash, write_dedup_dir
 from tests.helpers import offline_test_pipeline
 from tests.index.synth import blobs, write_embed_dir
@@ -159,16 +160,8 @@ def test_float16_vectors_and_shared_hashes_across_shards_match(tmp_path: Path) -
 
 
 def test_options_are_dedup_config_fields(tmp_path: Path) -> None:
-    import argparse
-
-    from pipelines.dedup import add_dedup_arguments
-
-    parser = argparse.ArgumentParser()
-    add_dedup_arguments(parser)
-    args, beam_args = parser.parse_known_args(
-        ["--embeddings", "e", "--out", "o", "--methods", "exact, semantic", "--n-clusters", "7", "--runner", "X"]
-    )
-    config = config_from_args(args)
+    argv = ["--embeddings", "e", "--out", "o", "--methods", "exact, semantic", "--n-clusters", "7", "--runner", "X"]
+    config, beam_args = parse_pipeline_args("dedup", argv, "python -m pipelines.dedup", None)  # as run() parses
     assert config.methods == ("exact", "semantic") and config.n_clusters == 7 and beam_args == ["--runner", "X"]
     assert config == DedupConfig("e", "o", methods=("exact", "semantic"), n_clusters=7)
 
