@@ -21,9 +21,9 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from mmembed.config import ConfigError
 from mmembed.index import IndexBuildConfig, append, build_index, load_index
 from mmembed.index.choose import choose_index
+from mmembed.index.config import WORK_DIR
 from mmembed.index.reader import EmbeddingFiles
 from mmembed.index.sharded import (
-    WORK_DIR,
     Part,
     PartJob,
     ShardedBuildConfig,
